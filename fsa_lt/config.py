@@ -1,0 +1,378 @@
+"""Typed configuration: schema, YAML loading, dotted overrides, phase resolution.
+
+One experiment is one file name under ``configs/phase_i/``, ``configs/phase_ii/`` and
+``configs/phase_iii/``.  The configuration of phase k is the phase I file, then the
+phase II file, ... up to the phase k file, merged in that order, then the command
+line overrides.  Every file may hold any section; keys it does not set keep the value
+of the earlier file or the schema default.
+
+Every problem is a `ConfigError` whose one-line message names the file (or the
+command line) and the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+PHASES = ("phase_i", "phase_ii", "phase_iii")
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018")
+
+
+@dataclass
+class DatasetConfig:
+    name: Literal["cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018"] = "cifar10"
+    # Folder holding the data set (cifar-10-batches-py/, an image root, ...).
+    # None: $FSA_DATA_ROOT, else ./data.
+    root: Optional[str] = None
+    # max/min class size of the long-tailed training set (CIFAR, digits); 1 = balanced.
+    imb_ratio: float = 100.0
+    imb_type: Literal["exp", "step"] = "exp"
+    # CIFAR: fetch the official archive (md5-checked) when missing and the network allows.
+    download: bool = True
+    # Checked against the data: a split whose class count differs is an error.
+    num_classes: Optional[int] = None
+    # Image-list data sets (OLTR text lists / iNaturalist JSON), relative to root.
+    train_list: Optional[str] = None
+    test_list: Optional[str] = None
+    image_size: int = 224
+    num_workers: int = 4
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet32"
+    # Local file of (e.g. ImageNet-) pretrained weights; nothing is downloaded.
+    pretrained: Optional[str] = None
+    sync_bn: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Phase I: the whole network on the long-tailed training set."""
+
+    epochs: int = 200
+    batch_size: int = 128  # global batch (divided among ranks under torchrun)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    # multistep: x lr_factors[i] from epoch milestones[i] (LDAM-DRW: x0.01 at 160, x0.0001 at 180);
+    # step: x step_gamma every step_size epochs (the paper: /10 every 150 of 300); cosine.
+    schedule: Literal["multistep", "step", "cosine"] = "multistep"
+    warmup_epochs: int = 5
+    milestones: list[int] = field(default_factory=lambda: [160, 180])
+    lr_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])
+    step_size: int = 150
+    step_gamma: float = 0.1
+    loss: Literal["ce", "focal", "cb_ce", "cb_focal"] = "ce"
+    focal_gamma: float = 1.0
+    cb_beta: float = 0.9999
+    # bf16 autocast on CUDA (ignored on CPU).
+    amp: bool = True
+    # GPU-resident data path for in-memory data sets (CIFAR, digits): auto = when it applies.
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    grad_accum: int = 1
+    eval_every: int = 10
+    save_every: int = 20
+    eval_batch_size: int = 1000
+    # Deterministic algorithms (slower on GPU): exact resume equivalence.
+    deterministic: bool = False
+
+
+@dataclass
+class ExtractConfig:
+    """Phase II: CAMs, decomposition, confusing classes, feature store."""
+
+    checkpoint: Literal["last", "best"] = "last"
+    h_r: float = 0.9
+    tau_s: float = 0.8
+    tau_g: float = 0.2
+    n_f: int = 3
+    # cached: feature maps of the un-augmented training images stored on disk (fp16);
+    # online: Phase III recomputes them through the frozen backbone under augmentation.
+    mode: Literal["cached", "online"] = "cached"
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = 500
+
+
+@dataclass
+class FinetuneConfig:
+    """Phase III: classifier fine-tuning on balanced batches with synthetic tail features."""
+
+    n_t: int = 16
+    n_a: int = 3
+    iterations: int = 6400
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # False: the paper's "No Aug" control (same balanced batches, real samples only).
+    augment: bool = True
+    tail_sampling: Literal["instance", "class"] = "instance"
+    eval_every: int = 800
+    save_every: int = 1600
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Set by the loader, not by files: the experiment name and the files it came from.
+    name: str = "custom"
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def data_root(self) -> str:
+        return self.dataset.root or os.environ.get("FSA_DATA_ROOT") or "data"
+
+
+_SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+_NOT_IN_FILES = {"name", "sources"}
+
+
+# ----------------------------------------------------------------------------- typing
+def _resolve_hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against type `tp`; return the value converted where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported schema type {tp}")  # a bug in the schema, not user input
+
+
+def _unknown(key: str, known, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _apply_section(obj, values: dict, where: str, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: '{prefix}' must be a mapping, got {values!r}")
+    hints = _resolve_hints(type(obj))
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}"
+        if key not in hints:
+            raise _unknown(dotted, [f"{prefix}.{k}" for k in hints], where)
+        setattr(obj, key, _coerce(value, hints[key], f"{where}: '{dotted}'"))
+
+
+def apply_mapping(cfg: Config, data: dict, where: str) -> None:
+    """Merge a nested mapping (one YAML file) into `cfg`, checking every key."""
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections")
+    hints = _resolve_hints(Config)
+    for key, value in data.items():
+        if key in _NOT_IN_FILES or key not in hints:
+            raise _unknown(str(key), [k for k in hints if k not in _NOT_IN_FILES], where)
+        if dataclasses.is_dataclass(hints[key]):
+            _apply_section(getattr(cfg, key), value, where, key)
+        else:
+            setattr(cfg, key, _coerce(value, hints[key], f"{where}: '{key}'"))
+
+
+def apply_override(cfg: Config, text: str) -> None:
+    """Apply one ``section.key=value`` override (value parsed as YAML)."""
+    where = f"command line override '{text}'"
+    if "=" not in text:
+        raise ConfigError(f"{where}: expected KEY=VALUE, e.g. train.epochs=2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: cannot parse value: {str(exc).splitlines()[0]}") from None
+    parts = key.split(".")
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    apply_mapping(cfg, nested, where)
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Value checks that types alone cannot express."""
+
+    def need(cond: bool, key: str, msg: str):
+        if not cond:
+            raise ConfigError(f"{where}: '{key}' {msg}")
+
+    d, t, e, f = cfg.dataset, cfg.train, cfg.extract, cfg.finetune
+    need(d.imb_ratio >= 1, "dataset.imb_ratio", f"must be >= 1 (max/min class size), got {d.imb_ratio}")
+    need(d.num_classes is None or d.num_classes > 1, "dataset.num_classes", "must be > 1")
+    need(d.image_size > 0, "dataset.image_size", "must be positive")
+    need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+    need(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}")
+    need(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
+    need(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
+    need(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0")
+    need(len(t.milestones) == len(t.lr_factors), "train.lr_factors", "needs one factor per milestone")
+    need(list(t.milestones) == sorted(t.milestones), "train.milestones", "must be increasing")
+    need(t.step_size > 0, "train.step_size", "must be positive")
+    need(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
+    need(0 <= t.cb_beta < 1, "train.cb_beta", "must be in [0, 1)")
+    need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    need(t.eval_every > 0, "train.eval_every", "must be positive")
+    need(t.save_every > 0, "train.save_every", "must be positive")
+    need(t.eval_batch_size > 0, "train.eval_batch_size", "must be positive")
+    need(0 < e.h_r <= 1, "extract.h_r", f"must be in (0, 1], got {e.h_r}")
+    need(0 <= e.tau_g <= 1, "extract.tau_g", f"must be in [0, 1], got {e.tau_g}")
+    need(0 <= e.tau_s <= 1, "extract.tau_s", f"must be in [0, 1], got {e.tau_s}")
+    need(e.tau_g <= e.tau_s, "extract.tau_g", f"must not exceed extract.tau_s ({e.tau_s})")
+    need(e.n_f >= 1, "extract.n_f", "must be >= 1")
+    need(e.batch_size > 0, "extract.batch_size", "must be positive")
+    need(f.n_t >= 1, "finetune.n_t", "must be >= 1")
+    need(1 <= f.n_a <= e.n_f, "finetune.n_a", f"must be in [1, extract.n_f={e.n_f}]")
+    need(f.iterations > 0, "finetune.iterations", "must be positive")
+    need(f.lr > 0, "finetune.lr", "must be positive")
+    need(f.eval_every > 0, "finetune.eval_every", "must be positive")
+    need(f.save_every > 0, "finetune.save_every", "must be positive")
+
+
+# ----------------------------------------------------------------------------- files
+def config_dirs() -> list[Path]:
+    """Where configs are looked up by name: $FSA_CONFIG_DIR, ./configs, the checkout's configs/."""
+    dirs = []
+    if os.environ.get("FSA_CONFIG_DIR"):
+        dirs.append(Path(os.environ["FSA_CONFIG_DIR"]))
+    dirs.append(Path.cwd() / "configs")
+    dirs.append(Path(__file__).resolve().parent.parent / "configs")
+    unique = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+
+
+def phase_files(name_or_path: str, phase: str) -> tuple[str, list[Path]]:
+    """The experiment name and the files (phase I .. `phase`) that make up its config.
+
+    `name_or_path` is a name (looked up in `config_dirs()`) or a path to a YAML file of
+    any phase; the files of the earlier phases are its siblings ``../phase_x/NAME.yaml``.
+    """
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase '{phase}'")
+    upto = PHASES[: PHASES.index(phase) + 1]
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        name = p.stem
+        base = p.resolve().parent.parent if p.resolve().parent.name in PHASES else None
+        files = []
+        for ph in upto:
+            cand = base / ph / p.name if base is not None else None
+            if cand is not None and cand.is_file():
+                files.append(cand)
+        if p.resolve() not in [f.resolve() for f in files]:
+            files.append(p)
+        return name, files
+    name = name_or_path
+    for d in config_dirs():
+        if (d / "phase_i" / f"{name}.yaml").is_file() or (d / phase / f"{name}.yaml").is_file():
+            files = [d / ph / f"{name}.yaml" for ph in upto if (d / ph / f"{name}.yaml").is_file()]
+            return name, files
+    searched = ", ".join(str(d / phase) for d in config_dirs())
+    raise ConfigError(f"config '{name}' not found for {phase} (looked in {searched})")
+
+
+def load_config(name_or_path: str, phase: str = "phase_i", overrides: list[str] | None = None) -> Config:
+    name, files = phase_files(name_or_path, phase)
+    cfg = Config()
+    for f in files:
+        apply_mapping(cfg, _read_yaml(f), str(f))
+    for o in overrides or []:
+        apply_override(cfg, o)
+    validate(cfg, where=str(files[-1]) if not overrides else f"{files[-1]} (with overrides)")
+    cfg.name = name
+    cfg.sources = [str(f) for f in files]
+    return cfg
+
+
+def split_phase_overrides(overrides: list[str], phase: str) -> list[str]:
+    """For `fsa-lt run`: keep overrides for all phases and strip ``phase_x.`` from this phase's."""
+    out = []
+    for o in overrides:
+        head = o.split("=", 1)[0].split(".", 1)[0]
+        if head in PHASES:
+            if head == phase:
+                out.append(o.split(".", 1)[1])
+        else:
+            out.append(o)
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(copy.deepcopy(cfg.to_dict()), sort_keys=False)

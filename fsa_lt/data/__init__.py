@@ -1,0 +1,138 @@
+"""Data sets by config name, and the loaders the phases iterate over.
+
+`build_dataset(cfg, split, augment)` returns a data set object (see
+docs/ARCHITECTURE.md for the contract); `make_loader(...)` returns an `EpochLoader`
+whose `set_epoch(e)` makes epoch e's order and augmentation a function of
+(seed, e) alone, for the GPU-resident fast path and the plain DataLoader alike.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from ..errors import DataError
+from ..engine import distributed as dist
+
+IN_MEMORY = ("cifar10", "cifar100", "digits")
+# Standard split files under dataset.root and class counts (the OLTR / iNaturalist releases).
+LIST_DEFAULTS = {
+    "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt", 1000),
+    "places_lt": ("Places_LT_train.txt", "Places_LT_test.txt", 365),
+    "inat2018": ("train2018.json", "val2018.json", 8142),
+}
+
+
+def _check_classes(ds, cfg, split: str):
+    want = cfg.dataset.num_classes
+    if want is not None and ds.num_classes != want:
+        raise DataError(f"{cfg.dataset.name} {split} split has {ds.num_classes} classes, "
+                        f"dataset.num_classes says {want}")
+    return ds
+
+
+def build_dataset(cfg, split: str = "train", augment: bool | None = None):
+    """The `split` ('train' or 'test') of the configured data set.
+
+    augment: training-time augmentation (default: True for 'train').  In-memory data
+    sets ignore it when the device loader does the augmentation itself.
+    """
+    d = cfg.dataset
+    train = split == "train"
+    augment = train if augment is None else augment
+    root = cfg.data_root
+    if d.name in IN_MEMORY:
+        from .transforms import cifar_eval_transform, cifar_train_transform
+
+        if d.name == "digits":
+            from .digits import DigitsLT
+
+            ds = DigitsLT(root=root, train=train, imb_ratio=d.imb_ratio, imb_type=d.imb_type, seed=cfg.seed)
+        else:
+            from .cifar import CIFARLT
+
+            ds = CIFARLT(root, name=d.name, train=train, imb_ratio=d.imb_ratio if train else 1,
+                         imb_type=d.imb_type, seed=cfg.seed, download=d.download)
+        ds.transform = cifar_train_transform(ds.mean, ds.std) if augment else cifar_eval_transform(ds.mean, ds.std)
+        return _check_classes(ds, cfg, split)
+
+    from .image_transforms import imagenet_eval_transform, imagenet_train_transform
+    from .image_list import inat_dataset, oltr_dataset
+
+    train_file, test_file, k = LIST_DEFAULTS[d.name]
+    k = d.num_classes or k
+    rel = (d.train_list or train_file) if train else (d.test_list or test_file)
+    list_path = Path(rel) if os.path.isabs(rel) else Path(root) / rel
+    size = d.image_size
+    tf = imagenet_train_transform(size=size) if augment else imagenet_eval_transform(resize=int(round(size * 256 / 224)), size=size)
+    make = inat_dataset if d.name == "inat2018" else oltr_dataset
+    ds = make(root, str(list_path), k, tf, train)
+    return _check_classes(ds, cfg, split)
+
+
+def class_counts(ds, num_classes: int | None = None) -> np.ndarray:
+    return np.bincount(np.asarray(ds.targets), minlength=num_classes or ds.num_classes)
+
+
+def use_fast_path(ds, cfg, device: torch.device) -> bool:
+    mode = cfg.train.fast_path
+    if mode == "off" or not hasattr(ds, "data"):
+        return False
+    return True  # 'auto' and 'on': in-memory data sets (CIFAR, digits), CPU or GPU, any world size
+
+
+class EpochLoader:
+    """One interface over the device loader and a DataLoader: set_epoch, len, iter."""
+
+    def __init__(self, inner, sampler=None, seed: int = 0, reseed_global: bool = False, fast: bool = False):
+        self.inner, self.sampler, self.seed, self.fast = inner, sampler, seed, fast
+        self.reseed_global = reseed_global
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        elif self.sampler is not None and getattr(self.sampler, "generator", None) is not None:
+            self.sampler.generator.manual_seed(self.seed * 100003 + epoch)
+        if self.reseed_global:  # num_workers=0: transforms draw from the global RNG
+            torch.manual_seed(self.seed * 100003 + epoch + 1)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        return iter(self.inner)
+
+
+def make_loader(ds, cfg, device: torch.device, train: bool, batch_size: int, seed: int | None = None,
+                fast: bool | None = None, drop_last: bool = False, shard: bool = True) -> EpochLoader:
+    """batch_size is per process. shard=False gives every rank the whole set (Phase II)."""
+    seed = cfg.seed if seed is None else seed
+    fast = use_fast_path(ds, cfg, device) if fast is None else fast
+    world, rank = (dist.world_size(), dist.rank()) if shard else (1, 0)
+    if fast:
+        from .device_loader import DeviceLoader
+
+        data, targets = ds.data, np.asarray(ds.targets)
+        inner = DeviceLoader(data, targets, batch_size, device, ds.mean, ds.std, train=train,
+                             shuffle=train, drop_last=drop_last, seed=seed,
+                             rank=rank, world_size=world)
+        return EpochLoader(inner, seed=seed, fast=True)
+    workers = cfg.dataset.num_workers
+    if world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=drop_last)
+    elif train:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(ds)
+    gen = torch.Generator().manual_seed(seed)
+    inner = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                       pin_memory=device.type == "cuda", drop_last=drop_last,
+                       persistent_workers=workers > 0, generator=gen)
+    return EpochLoader(inner, sampler=sampler, seed=seed, reseed_global=(workers == 0 and train))

@@ -1,0 +1,101 @@
+"""Atomic file writes and the environment record every run saves.
+
+Nothing is written half: each file goes to a temporary name in the same folder and
+is renamed over the target (`os.replace` is atomic on POSIX and Windows).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    return _atomic_write(path, data)
+
+
+def write_text(path, text: str) -> Path:
+    return _atomic_write(path, text.encode("utf-8"))
+
+
+def write_json(path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def torch_save(path, obj: Any) -> Path:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return _atomic_write(path, buf.getvalue())
+
+
+def environment() -> dict:
+    """Versions a run depends on, saved with every run."""
+    import fsa_lt
+
+    env = {
+        "fsa_lt": fsa_lt.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+    for mod in ("yaml", "tensorboard", "PIL", "sklearn", "matplotlib", "torchvision", "timm"):
+        try:
+            m = __import__(mod)
+            env[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            pass
+    try:
+        import subprocess
+
+        root = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            env["git_commit"] = rev.stdout.strip()
+    except Exception:
+        pass
+    return env

@@ -1,0 +1,73 @@
+"""Pieces the three phases share: model construction, checkpoint choice, metrics files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import distributed as dist
+from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state
+from ..engine.io import write_json
+from ..engine.metrics import one_line, summarize
+from ..errors import CheckpointError, DataError
+from ..models import create_model
+
+
+def build_model(cfg, num_classes: int, device: torch.device, pretrained: bool = True):
+    torch.manual_seed(cfg.seed)  # initialisation is a function of the seed alone
+    model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained if pretrained else None)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def check_test_classes(train_set, test_set):
+    if test_set.num_classes != train_set.num_classes:
+        raise DataError(f"test split has {test_set.num_classes} classes, training split has {train_set.num_classes}")
+
+
+def checkpoint_path(ckpt_dir: Path, which: str) -> Path:
+    """'best' -> best_model.pt, 'last' -> last.pt, anything else is a path."""
+    if which == "best":
+        return ckpt_dir / "best_model.pt"
+    if which == "last":
+        return ckpt_dir / "last.pt"
+    return Path(which)
+
+
+def load_phase_model(cfg, path: Path, phase: str, num_classes: int, device, expect_phase=None):
+    state = load_checkpoint(path, expect_phase=expect_phase)
+    check_compatible(state, path, cfg.model.name, num_classes)
+    model = build_model(cfg, num_classes, device, pretrained=False)
+    load_model_state(model, state, path)
+    return model, state
+
+
+def require_phase_output(path: Path, what: str, hint: str):
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path} ({hint})")
+
+
+def log_metrics(run, tag: str, m: dict, step: int) -> None:
+    run.log.info(f"{tag}: {one_line(m)}")
+    for k in ("top1", "many", "medium", "few", "head", "tail"):
+        run.scalar(f"{tag}/{k}", m[k], step)
+
+
+def counts_summary(counts: np.ndarray, h_r: float) -> str:
+    from ..method.split import head_tail_split, shot_groups
+
+    head, tail = head_tail_split(counts, h_r)
+    g = shot_groups(counts)
+    return (f"{len(counts)} classes, {int(counts.sum())} images (max {int(counts.max())}, min {int(counts.min())}); "
+            f"head {len(head)} / tail {len(tail)} (h_r={h_r}); many {len(g['many'])} / medium {len(g['medium'])} / few {len(g['few'])}")
+
+
+def write_metrics(run, payload: dict, name: str = "metrics.json") -> None:
+    if dist.is_main():
+        write_json(run.dirs["log"] / name, payload)
+
+
+__all__ = ["build_model", "checkpoint_path", "load_phase_model", "log_metrics", "summarize", "write_metrics"]

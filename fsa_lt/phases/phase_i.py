@@ -1,0 +1,164 @@
+"""Phase I: train the whole network on the long-tailed training set; test a checkpoint."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..config import Config
+from ..data import build_dataset, class_counts, make_loader
+from ..engine import distributed as dist
+from ..engine.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from ..engine.losses import build_loss
+from ..engine.metrics import summarize
+from ..engine.run import open_run, seed_everything
+from ..engine.schedule import lr_factor
+from ..engine.trainer import evaluate, train_epoch, unwrap
+from ..errors import CheckpointError, ConfigError
+from .common import (build_model, check_test_classes, checkpoint_path, counts_summary, load_phase_model,
+                     log_metrics, write_metrics)
+
+PHASE = "phase_i"
+
+
+def _model_state(model, cfg, counts, epoch, metrics=None) -> dict:
+    return {
+        "phase": PHASE,
+        "model_name": cfg.model.name,
+        "num_classes": len(counts),
+        "class_counts": torch.as_tensor(counts),
+        "model": unwrap(model).state_dict(),
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": cfg.to_dict(),
+    }
+
+
+def train(cfg: Config, note: str, workdir=".", device=None, resume: bool = False) -> dict:
+    dist.init_from_env(device)
+    run = open_run(cfg, PHASE, note, workdir, device)
+    try:
+        return _train(cfg, run, resume)
+    finally:
+        run.close()
+
+
+def _train(cfg: Config, run, resume: bool) -> dict:
+    t = cfg.train
+    dev = run.device
+    seed_everything(cfg.seed, t.deterministic)
+    train_set = build_dataset(cfg, "train")
+    test_set = build_dataset(cfg, "test")
+    check_test_classes(train_set, test_set)
+    counts = class_counts(train_set)
+    K = len(counts)
+    run.log.info(f"data {cfg.dataset.name}: {counts_summary(counts, cfg.extract.h_r)}; test {len(test_set)} images")
+
+    world = dist.world_size()
+    if t.batch_size % (world * t.grad_accum):
+        raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by world size {world} x grad_accum {t.grad_accum}")
+    per_rank = t.batch_size // (world * t.grad_accum)
+    loader = make_loader(train_set, cfg, dev, train=True, batch_size=per_rank)
+    test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=t.eval_batch_size)
+    run.log.info(f"loader: {'device-resident fast path' if loader.fast else 'DataLoader'}; "
+                 f"{len(loader)} steps/epoch of {per_rank} per rank x {world} rank(s) x accum {t.grad_accum}")
+
+    if t.warmup_epochs >= t.epochs:
+        run.log.warning(f"train.warmup_epochs ({t.warmup_epochs}) >= train.epochs ({t.epochs}): "
+                        "the whole run is warm-up and the lr never reaches train.lr")
+    model = build_model(cfg, K, dev)
+    if world > 1:
+        if cfg.model.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                                weight_decay=t.weight_decay, nesterov=t.nesterov)
+    steps = math.ceil(len(loader) / t.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, steps, t))
+    loss_fn = build_loss(t.loss, counts, t.focal_gamma, t.cb_beta).to(dev)
+    fwd_model = torch.compile(model) if t.compile else model
+
+    ckpt_dir = run.dirs["ckpt"]
+    start, best, history = 0, None, []
+    if resume:
+        path = ckpt_dir / "last.pt"
+        state = load_checkpoint(path, expect_phase=PHASE)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} holds no training state to resume from")
+        load_model_state(unwrap(model), state, path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best, history = state["epoch"], state.get("best"), list(state.get("history") or [])
+        run.log.info(f"resumed from {path} at epoch {start}")
+        if start >= t.epochs:
+            run.log.info("nothing left to train")
+
+    final = None
+    for epoch in range(start, t.epochs):
+        loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        s = train_epoch(fwd_model, loader, optimizer, scheduler, loss_fn, dev, amp=t.amp,
+                        grad_accum=t.grad_accum, desc=f"epoch {epoch + 1}/{t.epochs}")
+        dt = time.perf_counter() - t0
+        lr = optimizer.param_groups[0]["lr"]
+        line = f"epoch {epoch + 1:4d}/{t.epochs} loss {s['loss']:.4f} train-acc {s['acc']:6.2f} lr {lr:.5f} {dt:6.1f}s"
+        run.scalar("train/loss", s["loss"], epoch + 1)
+        run.scalar("train/acc", s["acc"], epoch + 1)
+        run.scalar("train/lr", lr, epoch + 1)
+        done = epoch + 1
+        if done % t.eval_every == 0 or done == t.epochs:
+            cm = evaluate(fwd_model, test_loader, K, dev, amp=t.amp)
+            m = summarize(cm, counts, cfg.extract.h_r)
+            m["epoch"] = done
+            history.append({k: m[k] for k in ("epoch", "top1", "many", "medium", "few", "head", "tail")})
+            line += f" | test top1 {m['top1']:.2f}"
+            log_metrics(run, "test", m, done)
+            if best is None or m["top1"] > best["top1"]:
+                best = m
+                if run.main:
+                    save_checkpoint(ckpt_dir / "best_model.pt", _model_state(model, cfg, counts, done, m))
+            if done == t.epochs:
+                final = m
+            write_metrics(run, {"final": final, "best": best, "history": history})
+        run.log.info(line)
+        if run.main:
+            if done % t.save_every == 0:
+                save_checkpoint(ckpt_dir / f"model_epoch_{done:04d}.pt", _model_state(model, cfg, counts, done))
+            last = _model_state(model, cfg, counts, done)
+            last.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
+                        best=best, history=history)
+            save_checkpoint(ckpt_dir / "last.pt", last)
+        dist.barrier()
+
+    if final is None:  # resumed after the end: evaluate what we have
+        cm = evaluate(fwd_model, test_loader, K, dev, amp=t.amp)
+        final = summarize(cm, counts, cfg.extract.h_r)
+        final["epoch"] = t.epochs
+        write_metrics(run, {"final": final, "best": best or final, "history": history})
+    run.log.info(f"final: top1 {final['top1']:.2f}; best: top1 {best['top1']:.2f} at epoch {best['epoch']} (test-set selected)")
+    return {"final": final, "best": best, "history": history}
+
+
+def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:
+    dist.init_from_env(device)
+    run = open_run(cfg, PHASE, note, workdir, device, tensorboard=False)
+    try:
+        seed_everything(cfg.seed)
+        train_set = build_dataset(cfg, "train", augment=False)
+        test_set = build_dataset(cfg, "test")
+        check_test_classes(train_set, test_set)
+        counts = class_counts(train_set)
+        path = checkpoint_path(run.dirs["ckpt"], checkpoint)
+        model, state = load_phase_model(cfg, path, PHASE, len(counts), run.device)
+        loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
+        cm = evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp)
+        m = summarize(cm, counts, cfg.extract.h_r)
+        m["epoch"] = state.get("epoch")
+        log_metrics(run, "test", m, 0)
+        write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
+        return m
+    finally:
+        run.close()

@@ -1,0 +1,291 @@
+"""Phase III: fine-tune the classifier on balanced batches with synthetic tail features.
+
+The paper's Algorithm 1 (METHOD.md): the backbone is frozen, the FC layer starts from
+Phase I and is trained with cross-entropy on batches of N_t real tail samples,
+N_t x N_a synthetic tail samples (class-specific part of a tail sample fused with the
+class-generic part of a donor from each confusing class) and N_t (1 + N_a) real head
+samples.  `finetune.augment: false` is the paper's "No Aug" control.
+
+Modes: "cached" reads the Phase II store (un-augmented feature maps); "online"
+recomputes maps and CAMs through the frozen backbone under training augmentation for
+every batch (for data sets whose maps cannot be stored).  The test set goes through the
+frozen backbone once; evaluation is then the classifier on those pooled features.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..config import Config
+from ..data import build_dataset, class_counts, make_loader
+from ..engine import distributed as dist
+from ..engine.checkpoint import save_checkpoint
+from ..engine.metrics import confusion_matrix, summarize
+from ..engine.run import open_run, seed_everything
+from ..engine.trainer import autocast
+from ..errors import ConfigError, DataError
+from ..method import FSASampler, build_batch, class_activation_maps, normalize_cams, synthesize
+from . import store
+from .common import checkpoint_path, load_phase_model, log_metrics, write_metrics
+
+PHASE = "phase_iii"
+
+
+@torch.no_grad()
+def pooled_features(model, loader, device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features (pre-logits) and labels of a whole loader, all ranks gathered."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            f = model.forward_features(x)
+        feats.append(model.forward_head(f.float(), pre_logits=True))
+        labels.append(y)
+    return dist.all_gather_cat(torch.cat(feats)), dist.all_gather_cat(torch.cat(labels))
+
+
+@torch.no_grad()
+def evaluate_head(fc: nn.Module, feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    pred = torch.cat([fc(f).argmax(1) for f in feats.split(8192)])
+    return confusion_matrix(pred, labels, num_classes).cpu()
+
+
+def _draw(sampler, augment: bool) -> dict:
+    """One FSA draw plus the images it needs, in the order [tail, donors or extra tail, head]."""
+    d = sampler.sample()
+    mid = d["donor_idx"].reshape(-1) if augment else sampler.draw_tail(sampler.n_t * sampler.n_a)
+    d["mid_idx"] = mid
+    d["all_idx"] = torch.cat([d["tail_idx"], mid, d["head_idx"]])
+    return d
+
+
+class _SamplerBatches:
+    """DataLoader batch_sampler: each batch is one FSA draw; the draws wait in `pending`
+    (the loader returns batches in the order they were drawn)."""
+
+    def __init__(self, sampler, augment: bool):
+        self.sampler, self.augment, self.pending = sampler, augment, []
+
+    def __iter__(self):
+        while True:
+            d = _draw(self.sampler, self.augment)
+            self.pending.append(d)
+            yield d["all_idx"].tolist()
+
+    def __len__(self):
+        return 2**62
+
+
+class OnlineBatches:
+    """Online mode: the sampled images go through the frozen backbone under training
+    augmentation, and their maps and CAMs (from the Phase I classifier) are made anew."""
+
+    def __init__(self, cfg, model, phase_i_weight, train_set, sampler, device, generator, augment: bool):
+        self.cfg, self.model, self.weight = cfg, model, phase_i_weight
+        self.sampler, self.device, self.gen, self.augment = sampler, device, generator, augment
+        self.in_memory = hasattr(train_set, "data") and cfg.train.fast_path != "off"
+        if self.in_memory:
+            from ..data.device_loader import DeviceLoader
+
+            self.images = DeviceLoader(train_set.data, train_set.targets, 1, device, train_set.mean,
+                                       train_set.std, train=True, seed=cfg.seed)
+        else:
+            self.batcher = _SamplerBatches(sampler, augment)
+            loader = torch.utils.data.DataLoader(
+                build_dataset(cfg, "train", augment=True), batch_sampler=self.batcher,
+                num_workers=cfg.dataset.num_workers, pin_memory=device.type == "cuda")
+            self._it = iter(loader)
+
+    @torch.no_grad()
+    def next(self):
+        s = self.sampler
+        if self.in_memory:
+            d = _draw(s, self.augment)
+            x = self.images.augment_indices(d["all_idx"], self.gen)
+        else:
+            x = next(self._it)[0].to(self.device, non_blocking=True)
+            d = self.batcher.pending.pop(0)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.cfg.train.amp):
+            fm = self.model.forward_features(x)
+        fm = fm.float()
+        nt, nm = s.n_t, d["mid_idx"].numel()
+        pooled = fm.mean((2, 3))
+        if self.augment:
+            lab = torch.cat([d["tail_labels"], s.labels[d["mid_idx"]]])
+            cams = normalize_cams(class_activation_maps(fm[: nt + nm], self.weight, lab))
+            e = self.cfg.extract
+            mid, _ = synthesize(fm[:nt], cams[:nt], fm[nt: nt + nm], cams[nt: nt + nm], e.tau_s, e.tau_g,
+                                generator=self.gen)
+            mid_labels = d["tail_labels"].repeat_interleave(s.n_a)
+        else:
+            mid, mid_labels = pooled[nt: nt + nm], s.labels[d["mid_idx"]]
+        feats = torch.cat([pooled[:nt], mid, pooled[nt + nm:]])
+        labels = torch.cat([d["tail_labels"], mid_labels, d["head_labels"]])
+        return feats, labels
+
+
+def output_note(cfg: Config, note: str) -> str:
+    """The control run ("No Aug") writes beside the FSA run, under <note>-noaug."""
+    return note if cfg.finetune.augment else f"{note}-noaug"
+
+
+def finetune(cfg: Config, note: str, workdir=".", device=None) -> dict:
+    dist.init_from_env(device)
+    run = open_run(cfg, PHASE, output_note(cfg, note), workdir, device)
+    try:
+        return _finetune(cfg, run, note)
+    finally:
+        run.close()
+
+
+def _full_state(backbone, fc, cfg, counts, iteration, metrics, index) -> dict:
+    model = copy.deepcopy(backbone).cpu()
+    model.reset_classifier(fc.out_features)
+    model.get_classifier().load_state_dict({k: v.cpu() for k, v in fc.state_dict().items()})
+    return {
+        "phase": PHASE, "model_name": cfg.model.name, "num_classes": len(counts),
+        "class_counts": torch.as_tensor(counts), "model": model.state_dict(), "iteration": iteration,
+        "epoch": iteration, "metrics": metrics, "config": cfg.to_dict(),
+        "augment": cfg.finetune.augment, "mode": index["mode"], "phase_i_checkpoint": index["checkpoint"],
+    }
+
+
+def _finetune(cfg: Config, run, note: str) -> dict:
+    f, e = cfg.finetune, cfg.extract
+    dev = run.device
+    seed_everything(cfg.seed)
+    folder = run.workdir / "feature" / cfg.name / note
+    index = store.read_index(folder)
+    train_set = build_dataset(cfg, "train", augment=False)
+    test_set = build_dataset(cfg, "test")
+    counts = class_counts(train_set)
+    K = len(counts)
+    if index["num_classes"] != K or index["class_counts"] != counts.tolist():
+        raise DataError(f"{folder / 'index.json'} was extracted from another training set "
+                        f"({index['num_classes']} classes) than {cfg.dataset.name} now ({K} classes)")
+    if index["n_f"] < f.n_a:
+        raise ConfigError(f"finetune.n_a={f.n_a} exceeds the {index['n_f']} confusing classes of the store")
+    mode = index["mode"]
+    tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
+    from pathlib import Path
+
+    backbone, state = load_phase_model(cfg, Path(index["checkpoint"]), PHASE, K, dev, expect_phase="phase_i")
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    phase_i_weight = backbone.get_classifier().weight.detach().float().clone()
+    fc = copy.deepcopy(backbone.get_classifier()).float()
+    for p in fc.parameters():
+        p.requires_grad_(True)
+
+    world, rank = dist.world_size(), dist.rank()
+    if f.n_t % world:
+        raise ConfigError(f"finetune.n_t={f.n_t} is not divisible by the world size {world}")
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + rank)
+    head = np.asarray(index["head"], dtype=np.int64)
+    tail = np.asarray(index["tail"], dtype=np.int64)
+    confusing = torch.tensor([index["confusing"][str(int(c))] for c in tail], dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(train_set.targets), dtype=torch.long, device=dev)
+    sampler = FSASampler(labels, head, tail, confusing, n_t=f.n_t // world, n_a=f.n_a,
+                         tail_sampling=f.tail_sampling, generator=gen, device=dev)
+
+    t0 = time.perf_counter()
+    test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size)
+    test_feats, test_labels = pooled_features(backbone, test_loader, dev, cfg.train.amp)
+    if mode == "cached":
+        data = store.load_shards(folder, index)
+        if not torch.equal(data["labels"], labels.cpu()):
+            raise DataError(f"{folder}: stored labels differ from the training set (order or content)")
+        keep_on = dev if dev.type == "cuda" else torch.device("cpu")
+        fmaps, cams = data["fmaps"].to(keep_on), data["cams"].to(keep_on)
+        pooled_real = torch.cat([c.float().mean((2, 3)) for c in fmaps.split(4096)]).to(dev)
+        batches = None
+    else:
+        fmaps = cams = pooled_real = None
+        batches = OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment)
+    run.log.info(f"mode {mode}; augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; "
+                 f"batch {2 * sampler.n_t * (1 + f.n_a)} per rank x {world} "
+                 f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
+                 f"{sampler.n_t * (1 + f.n_a)} head); head {len(head)} / tail {len(tail)} classes; "
+                 f"tau_s {tau_s} tau_g {tau_g}; setup {time.perf_counter() - t0:.1f}s")
+
+    m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
+    m0["iteration"] = 0
+    log_metrics(run, "test", m0, 0)
+    train_fc = DDP(fc, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else fc
+    opt = torch.optim.SGD(train_fc.parameters(), lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
+    ckpt_dir = run.dirs["ckpt"]
+    best, final, history = None, None, [{k: m0[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")}]
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    t1 = time.perf_counter()
+    for it in range(1, f.iterations + 1):
+        if mode == "cached":
+            x, y = build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen)
+        else:
+            x, y = batches.next()
+        loss = F.cross_entropy(train_fc(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach()
+        if it % f.eval_every == 0 or it == f.iterations:
+            n = f.eval_every if it % f.eval_every == 0 else it % f.eval_every
+            avg = float(dist.all_reduce_sum(loss_sum.clone()) / world / n)
+            loss_sum.zero_()
+            m = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
+            m["iteration"] = it
+            history.append({k: m[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
+            run.scalar("train/loss", avg, it)
+            log_metrics(run, "test", m, it)
+            run.log.info(f"iter {it:6d}/{f.iterations} loss {avg:.4f} | {time.perf_counter() - t1:.1f}s")
+            if best is None or m["top1"] > best["top1"]:
+                best = m
+                if run.main:
+                    save_checkpoint(ckpt_dir / "best_model.pt", _full_state(backbone, fc, cfg, counts, it, m, index))
+            if it == f.iterations:
+                final = m
+            write_metrics(run, {"final": final, "best": best, "phase_i": m0, "history": history})
+        if run.main and (it % f.save_every == 0 or it == f.iterations):
+            st = _full_state(backbone, fc, cfg, counts, it, None, index)
+            if it % f.save_every == 0:
+                save_checkpoint(ckpt_dir / f"model_iter_{it:06d}.pt", st)
+            if it == f.iterations:
+                save_checkpoint(ckpt_dir / "last.pt", st)
+    dt = time.perf_counter() - t1
+    run.log.info(f"{f.iterations} iterations in {dt:.1f}s ({f.iterations / dt:.1f} it/s); "
+                 f"final top1 {final['top1']:.2f} (Phase I {m0['top1']:.2f}); best {best['top1']:.2f} "
+                 f"at iteration {best['iteration']} (test-set selected)")
+    dist.barrier()
+    return {"final": final, "best": best, "phase_i": m0, "history": history}
+
+
+def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:
+    from ..engine.trainer import evaluate
+
+    dist.init_from_env(device)
+    run = open_run(cfg, PHASE, output_note(cfg, note), workdir, device, tensorboard=False)
+    try:
+        train_set = build_dataset(cfg, "train", augment=False)
+        test_set = build_dataset(cfg, "test")
+        counts = class_counts(train_set)
+        path = checkpoint_path(run.dirs["ckpt"], checkpoint)
+        model, state = load_phase_model(cfg, path, PHASE, len(counts), run.device, expect_phase=PHASE)
+        loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
+        m = summarize(evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp), counts, cfg.extract.h_r)
+        m["iteration"] = state.get("iteration")
+        log_metrics(run, "test", m, 0)
+        write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
+        return m
+    finally:
+        run.close()

@@ -1,0 +1,291 @@
+"""Tests of fsa_lt.models: shapes, the features/head split, parameter counts, pretrained loading."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fsa_lt.errors import CheckpointError, ConfigError
+from fsa_lt.models import create_model, list_models, load_pretrained, register_model
+
+CIFAR_RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+CIFAR_STEM = ["resnet18_cifar", "resnet34_cifar"]
+IMAGENET = ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def meta_model(name, num_classes, **kw):
+    """Build on the meta device: no memory, no init cost; fine for counting parameters."""
+    with torch.device("meta"):
+        return create_model(name, num_classes, **kw)
+
+
+def test_registry_lists_all_models():
+    names = list_models()
+    assert names == sorted(names)
+    for n in CIFAR_RESNETS + CIFAR_STEM + IMAGENET:
+        assert n in names
+
+
+def test_unknown_model_name():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet7' \(known: .*resnet32"):
+        create_model("resnet7", 10)
+
+
+def test_bad_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("resnet20", 0)
+    with pytest.raises(ConfigError, match="bad arguments"):
+        create_model("resnet20", 10, no_such_option=1)
+
+
+def test_register_twice_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("resnet32")(lambda num_classes: nn.Linear(1, num_classes))
+
+
+# ---- shapes and the features/head split ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,size,expected",
+    [(n, 32, (64, 8, 8)) for n in CIFAR_RESNETS]
+    + [(n, 32, (512, 4, 4)) for n in CIFAR_STEM]
+    + [("resnet10", 224, (512, 7, 7)), ("resnet50", 224, (2048, 7, 7)), ("resnet18", 64, (512, 2, 2))],
+)
+def test_feature_map_shape_and_split(name, size, expected):
+    m = create_model(name, 7).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        fmap = m.forward_features(x)
+        assert tuple(fmap.shape) == (2, *expected)
+        assert m.num_features == expected[0]
+        pooled = m.forward_head(fmap, pre_logits=True)
+        assert tuple(pooled.shape) == (2, expected[0])
+        torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
+        logits = m.forward_head(fmap)
+        assert tuple(logits.shape) == (2, 7)
+        torch.testing.assert_close(logits, m.get_classifier()(pooled))
+        torch.testing.assert_close(m(x), logits)
+
+
+@pytest.mark.parametrize("name", ["resnet101", "resnet152", "resnext50_32x4d", "resnet34"])
+def test_big_models_num_features(name):
+    m = meta_model(name, 1000)
+    expected = 512 if name == "resnet34" else 2048
+    assert m.num_features == expected
+    assert m.get_classifier().in_features == expected
+
+
+def test_reset_classifier_changes_output_size():
+    m = create_model("resnet20", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert m(x).shape == (2, 10)
+    old_fc = m.get_classifier()
+    m.reset_classifier(3)
+    fc = m.get_classifier()
+    assert isinstance(fc, nn.Linear) and fc is not old_fc and fc is m.fc
+    assert (fc.in_features, fc.out_features) == (64, 3)
+    assert m(x).shape == (2, 3)
+
+    r = create_model("resnet18_cifar", 10)
+    r.reset_classifier(5)
+    assert r.fc.out_features == 5 and r.fc.in_features == 512
+
+
+def test_zero_init_residual():
+    m = create_model("resnet10", 5, zero_init_residual=True)
+    assert torch.count_nonzero(m.layer1[0].bn2.weight) == 0
+    m = create_model("resnet20", 5, zero_init_residual=True)
+    assert torch.count_nonzero(m.layer3[-1].bn2.weight) == 0
+    m = meta_model("resnet50", 5, zero_init_residual=False)
+    assert m.layer1[0].bn3.weight.shape == (256,)
+
+
+def test_option_a_shortcut_has_no_parameters():
+    m = create_model("resnet20", 10)
+    # only convs, BN and fc carry parameters: no 1x1 projection shortcuts
+    for name, p in m.named_parameters():
+        assert "shortcut" not in name and "downsample" not in name
+    x = torch.randn(2, 16, 8, 8)
+    sc = m.layer2[0].shortcut
+    y = sc(x)
+    assert y.shape == (2, 32, 4, 4)
+    torch.testing.assert_close(y[:, 8:24], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, :8]) == 0 and torch.count_nonzero(y[:, 24:]) == 0
+
+
+# ---- parameter counts -----------------------------------------------------------------
+
+
+def resnet32_params_by_hand(num_classes):
+    conv = lambda cin, cout: cin * cout * 9  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    n = 5
+    total = conv(3, 16) + bn(16)
+    cin = 16
+    for cout in (16, 32, 64):
+        for i in range(n):
+            total += conv(cin if i == 0 else cout, cout) + bn(cout) + conv(cout, cout) + bn(cout)
+        cin = cout
+    return total + 64 * num_classes + num_classes
+
+
+def test_resnet32_parameter_count():
+    m = create_model("resnet32", 10)
+    assert n_params(m) == resnet32_params_by_hand(10) == 464_154
+    assert abs(n_params(m) - 0.46e6) / 0.46e6 < 0.01  # He et al. 2016, Table 6
+    assert n_params(create_model("resnet32", 100)) == resnet32_params_by_hand(100)
+
+
+@pytest.mark.parametrize(
+    "name,published",
+    [("resnet20", 0.27e6), ("resnet44", 0.66e6), ("resnet56", 0.85e6), ("resnet110", 1.7e6)],
+)
+def test_cifar_resnet_parameter_counts(name, published):
+    assert abs(n_params(meta_model(name, 10)) - published) / published < 0.02
+
+
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("resnet152", 60_192_808),
+        ("resnext50_32x4d", 25_028_904),
+    ],
+)
+def test_imagenet_parameter_counts(name, count):
+    assert n_params(meta_model(name, 1000)) == count
+
+
+def test_resnet10_parameter_count():
+    # ResNet-18 minus the second block of each stage
+    blocks = sum(2 * c * c * 9 + 4 * c for c in (64, 128, 256, 512))
+    assert n_params(meta_model("resnet10", 1000)) == 11_689_512 - blocks
+
+
+def test_torchvision_key_layout():
+    keys = set(meta_model("resnet50", 1000).state_dict())
+    for k in [
+        "conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked",
+        "layer1.0.conv3.weight", "layer1.0.bn3.bias", "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.running_var", "layer4.2.conv2.weight", "fc.weight", "fc.bias",
+    ]:
+        assert k in keys
+    keys18 = set(meta_model("resnet18", 1000).state_dict())
+    assert "layer2.0.downsample.0.weight" in keys18 and "layer1.0.downsample.0.weight" not in keys18
+    assert not any("conv3" in k for k in keys18)
+    assert meta_model("resnet50", 10).layer2[0].conv2.stride == (2, 2)  # v1.5: stride on the 3x3
+
+
+# ---- pretrained loading ----------------------------------------------------------------
+
+
+def _backbone(sd):
+    return {k: v for k, v in sd.items() if not k.startswith("fc.")}
+
+
+def test_pretrained_round_trip_skips_classifier(tmp_path, caplog):
+    src = create_model("resnet20", 10)
+    with torch.no_grad():  # make the BN buffers non-default too
+        for m in src.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_()
+    path = tmp_path / "w.pth"
+    torch.save(src.state_dict(), path)
+
+    with caplog.at_level(logging.INFO, logger="fsa_lt.models.registry"):
+        dst = create_model("resnet20", 4, pretrained=str(path))
+    for k, v in _backbone(src.state_dict()).items():
+        torch.testing.assert_close(dst.state_dict()[k], v, rtol=0, atol=0)
+    assert dst.fc.out_features == 4
+    rep = dst.pretrained_report
+    assert rep.skipped == ["fc.bias", "fc.weight"]
+    assert "fc.weight" not in rep.loaded and "conv1.weight" in rep.loaded
+    assert "fc.bias" in caplog.text
+
+    # same class count: everything, classifier included, is loaded
+    same = create_model("resnet20", 10, pretrained=path)
+    assert same.pretrained_report.skipped == []
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(same.eval()(x), src.eval()(x))
+
+
+def test_pretrained_wrapped_and_module_prefixed(tmp_path):
+    src = create_model("resnet18_cifar", 10)
+    sd = {"module." + k: v for k, v in src.state_dict().items()}
+    for wrap in ("state_dict", "model"):
+        path = tmp_path / f"{wrap}.pt"
+        torch.save({wrap: sd, "epoch": 3}, path)
+        dst = create_model("resnet18_cifar", 100, pretrained=path)
+        torch.testing.assert_close(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+        assert dst.fc.out_features == 100
+
+
+def test_pretrained_without_classifier_or_bn_counters(tmp_path):
+    src = create_model("resnet20", 10)
+    sd = {k: v for k, v in _backbone(src.state_dict()).items() if "num_batches_tracked" not in k}
+    sd["extra.thing"] = torch.zeros(1)
+    path = tmp_path / "backbone.pt"
+    torch.save(sd, path)
+    dst = create_model("resnet20", 10)
+    rep = load_pretrained(dst, path)
+    assert rep.skipped == ["fc.bias", "fc.weight"] and rep.unexpected == ["extra.thing"]
+    torch.testing.assert_close(dst.conv1.weight, src.conv1.weight)
+
+
+def test_pretrained_missing_file(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(CheckpointError, match=f"pretrained weights not found: {path}"):
+        create_model("resnet20", 10, pretrained=str(path))
+
+
+def test_pretrained_corrupt_file(tmp_path):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(b"this is not a torch file")
+    with pytest.raises(CheckpointError, match=f"cannot read pretrained weights {path}: "):
+        create_model("resnet20", 10, pretrained=str(path))
+
+    trunc = tmp_path / "trunc.pth"
+    torch.save(create_model("resnet20", 10).state_dict(), trunc)
+    trunc.write_bytes(trunc.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot read pretrained weights"):
+        create_model("resnet20", 10, pretrained=trunc)
+
+    notdict = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], notdict)
+    with pytest.raises(CheckpointError, match="expected a state dict"):
+        create_model("resnet20", 10, pretrained=notdict)
+
+
+def test_pretrained_missing_backbone_keys(tmp_path):
+    sd = create_model("resnet20", 10).state_dict()
+    del sd["layer3.2.conv2.weight"]
+    path = tmp_path / "partial.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"lack model keys: layer3\.2\.conv2\.weight"):
+        create_model("resnet20", 10, pretrained=path)
+
+    # a different architecture: names a few keys, then the count
+    torch.save(create_model("resnet20", 10).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"lack model keys: .*in all"):
+        create_model("resnet32", 10, pretrained=path)
+
+
+def test_pretrained_backbone_shape_mismatch(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(create_model("resnet18", 10).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"do not fit the model: conv1\.weight"):
+        create_model("resnet18_cifar", 10, pretrained=path)
