@@ -125,8 +125,12 @@ def make_loader(ds, cfg, device: torch.device, train: bool, batch_size: int, see
                              rank=rank, world_size=world)
         return EpochLoader(inner, seed=seed, fast=True)
     workers = cfg.dataset.num_workers
-    if world > 1:
+    if world > 1 and train:
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=drop_last)
+    elif world > 1:
+        # Evaluation: every sample exactly once over the ranks. DistributedSampler would pad
+        # the shards to equal length with repeated samples, which the summed metrics count twice.
+        sampler = range(rank, len(ds), world)
     elif train:
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
     else:

@@ -32,8 +32,7 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, *, amp=Fal
     for i, (x, y) in enumerate(progress(loader, n, desc)):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         sync = (i + 1) % grad_accum == 0 or i + 1 == n
         ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
         with ctx:
@@ -65,8 +64,7 @@ def evaluate(model, loader, num_classes: int, device, *, amp=False, desc="eval")
     for x, y in progress(loader, len(loader), desc):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = model(x)
         cm += confusion_matrix(logits.argmax(1), y, num_classes).flatten()

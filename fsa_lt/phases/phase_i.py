@@ -18,7 +18,7 @@ from ..engine.schedule import lr_factor
 from ..engine.trainer import evaluate, train_epoch, unwrap
 from ..errors import CheckpointError, ConfigError
 from .common import (build_model, check_test_classes, checkpoint_path, counts_summary, load_phase_model,
-                     log_metrics, write_metrics)
+                     log_metrics, save_confusion_matrix, write_metrics)
 
 PHASE = "phase_i"
 
@@ -70,6 +70,9 @@ def _train(cfg: Config, run, resume: bool) -> dict:
                         "the whole run is warm-up and the lr never reaches train.lr")
     model = build_model(cfg, K, dev)
     if world > 1:
+        if cfg.model.sync_bn and dev.type != "cuda":
+            raise ConfigError("model.sync_bn: SyncBatchNorm runs on CUDA devices only; "
+                              "set model.sync_bn=false for a CPU (gloo) run")
         if cfg.model.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -122,6 +125,7 @@ def _train(cfg: Config, run, resume: bool) -> dict:
                     save_checkpoint(ckpt_dir / "best_model.pt", _model_state(model, cfg, counts, done, m))
             if done == t.epochs:
                 final = m
+                save_confusion_matrix(run, cm)
             write_metrics(run, {"final": final, "best": best, "history": history})
         run.log.info(line)
         if run.main:
@@ -137,6 +141,7 @@ def _train(cfg: Config, run, resume: bool) -> dict:
         cm = evaluate(fwd_model, test_loader, K, dev, amp=t.amp)
         final = summarize(cm, counts, cfg.extract.h_r)
         final["epoch"] = t.epochs
+        save_confusion_matrix(run, cm)
         write_metrics(run, {"final": final, "best": best or final, "history": history})
     run.log.info(f"final: top1 {final['top1']:.2f}; best: top1 {best['top1']:.2f} at epoch {best['epoch']} (test-set selected)")
     return {"final": final, "best": best, "history": history}

@@ -32,7 +32,7 @@ from ..engine.trainer import autocast
 from ..errors import ConfigError, DataError
 from ..method import FSASampler, build_batch, class_activation_maps, normalize_cams, synthesize
 from . import store
-from .common import checkpoint_path, load_phase_model, log_metrics, write_metrics
+from .common import checkpoint_path, load_phase_model, log_metrics, save_confusion_matrix, write_metrics
 
 PHASE = "phase_iii"
 
@@ -243,7 +243,8 @@ def _finetune(cfg: Config, run, note: str) -> dict:
             n = f.eval_every if it % f.eval_every == 0 else it % f.eval_every
             avg = float(dist.all_reduce_sum(loss_sum.clone()) / world / n)
             loss_sum.zero_()
-            m = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
+            cm = evaluate_head(fc, test_feats, test_labels, K)
+            m = summarize(cm, counts, e.h_r)
             m["iteration"] = it
             history.append({k: m[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
             run.scalar("train/loss", avg, it)
@@ -255,6 +256,7 @@ def _finetune(cfg: Config, run, note: str) -> dict:
                     save_checkpoint(ckpt_dir / "best_model.pt", _full_state(backbone, fc, cfg, counts, it, m, index))
             if it == f.iterations:
                 final = m
+                save_confusion_matrix(run, cm)
             write_metrics(run, {"final": final, "best": best, "phase_i": m0, "history": history})
         if run.main and (it % f.save_every == 0 or it == f.iterations):
             st = _full_state(backbone, fc, cfg, counts, it, None, index)

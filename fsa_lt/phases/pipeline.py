@@ -94,7 +94,10 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force=
     rows.append(("Phase III, FSA", _metrics(workdir, "phase_iii", cfgs["phase_iii"], note)))
     table = summary_table(rows)
     c = cfgs["phase_iii"]
-    title = (f"# {c.name} / {note}\n\n{c.dataset.name}, imbalance {c.dataset.imb_ratio:g} ({c.dataset.imb_type}), "
+    from ..data import IN_MEMORY
+
+    imb = f", imbalance {c.dataset.imb_ratio:g} ({c.dataset.imb_type})" if c.dataset.name in IN_MEMORY else ""
+    title = (f"# {c.name} / {note}\n\n{c.dataset.name}{imb}, "
              f"{c.model.name}; Phase I {cfgs['phase_i'].train.epochs} epochs, Phase III "
              f"{c.finetune.iterations} iterations; final models (not test-selected); accuracy in %.\n")
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) or "all phases reused"
@@ -108,9 +111,11 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force=
     try:
         from ..viz.report import write_run_report
 
-        write_run_report(workdir, c.name, note, print_fn=print_fn)
+        write_run_report(workdir, c.name, note, print_fn=print_fn, device=device)
     except ImportError:
         pass
+    except Exception as exc:  # a report problem must not fail a finished run
+        print_fn(f"[run] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return payload
 
 

@@ -1,0 +1,371 @@
+"""The run report: plots of a finished `fsa-lt run` and one self-contained HTML page.
+
+`write_run_report(workdir, config, note)` (called by `fsa_lt.phases.pipeline.run`) writes
+into ``<workdir>/log/run/<config>/<note>/``
+
+    per_class_accuracy.png   per-class test accuracy of Phase I and Phase III (and the
+                             No-Aug control when it ran) against training-set size
+    confusion_matrices.png   row-normalised confusion matrices before (Phase I) and after
+                             (Phase III, FSA); per-cell numbers only for K <= 50
+    confusing_classes.png    graph of the tail classes and their confusing classes
+    report.html              the summary table, these figures (and the Phase II figures
+                             of `fsa-lt visualize` when they exist) as data: URIs, the
+                             resolved configs and the versions; no external resource
+
+and adds the figures (images tab), the summary scalars and the table (text tab) to
+TensorBoard under ``<workdir>/run_summary/run/<config>/<note>/``.
+
+The confusion matrices are read from ``metrics.json`` (key ``confusion_matrix``, or
+``final.confusion_matrix``) when a phase saved them; otherwise they are computed by
+evaluating ``last.pt`` of Phase I and Phase III on the test set.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import figures as F
+
+COLUMNS = ("top1", "many", "medium", "few", "head", "tail")
+RUN_FIGURES = ("per_class_accuracy", "confusion_matrices", "confusing_classes")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def config_from_dict(d: dict, name: str):
+    """A Config from a resolved config dict (as saved in summary.json)."""
+    from ..config import Config, apply_mapping
+
+    cfg = Config()
+    apply_mapping(cfg, {k: v for k, v in d.items() if k not in ("name", "sources")}, "summary.json")
+    cfg.name = d.get("name") or name
+    cfg.sources = list(d.get("sources") or [])
+    return cfg
+
+
+def _load_cfg(workdir: Path, config: str, summary: dict | None, phase: str = "phase_iii"):
+    if summary and summary.get("configs", {}).get(phase):
+        return config_from_dict(summary["configs"][phase], config)
+    from ..config import load_config
+
+    return load_config(config, phase)
+
+
+def _saved_confusion(metrics: dict | None, log_dir: Path | None = None):
+    """The final model's confusion matrix if the phase saved it: ``confusion_matrix.pt``
+    (K x K tensor) in its log folder, or ``confusion_matrix`` in metrics.json."""
+    if log_dir is not None and (log_dir / "confusion_matrix.pt").is_file():
+        try:
+            t = torch.load(log_dir / "confusion_matrix.pt", map_location="cpu", weights_only=True)
+            return np.asarray(t, dtype=np.int64)
+        except Exception:
+            pass
+    if not metrics:
+        return None
+    cm = metrics.get("confusion_matrix")
+    if cm is None and isinstance(metrics.get("final"), dict):
+        cm = metrics["final"].get("confusion_matrix")
+    return None if cm is None else np.asarray(cm, dtype=np.int64)
+
+
+@torch.no_grad()
+def evaluate_confusion(cfg, checkpoint: Path, phase: str, num_classes: int, device) -> np.ndarray:
+    """K x K confusion matrix (rows true class) of a checkpoint on the test set (this process only)."""
+    from ..data import build_dataset, make_loader
+    from ..engine.metrics import confusion_matrix
+    from ..engine.trainer import autocast
+    from ..phases.common import load_phase_model
+
+    model, _ = load_phase_model(cfg, checkpoint, phase, num_classes, device, expect_phase=phase)
+    model.eval()
+    test_set = build_dataset(cfg, "test")
+    loader = make_loader(test_set, cfg, device, train=False, batch_size=cfg.train.eval_batch_size, shard=False)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        with autocast(device, cfg.train.amp):
+            logits = model(x)
+        cm += confusion_matrix(logits.argmax(1).cpu(), y.cpu(), num_classes)
+    return cm.numpy()
+
+
+def _b64_png(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{float(v):.2f}"
+
+
+def _tag(name: str) -> str:
+    n = name.lower()
+    if "no-aug" in n or "noaug" in n or "augmentation off" in n:
+        return "phase_iii_noaug"
+    if "phase iii" in n:
+        return "phase_iii_fsa"
+    if "phase i" in n:
+        return "phase_i"
+    return F.slug(n).lower()
+
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1450px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; max-width: 1000px; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+
+def _figure_html(fig: dict) -> str:
+    w, h = F.png_size(fig["png"])
+    return (f'<figure id="{html.escape(fig["name"])}"><img src="{_b64_png(fig["png"])}" width="{w}" height="{h}" '
+            f'alt="{html.escape(fig["title"])}"><figcaption><b>{html.escape(fig["title"])}.</b> '
+            f'{html.escape(fig.get("caption", ""))}</figcaption></figure>')
+
+
+def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict], phase_ii_figs: list[dict],
+               configs: dict, env: dict | None, problems: list[str]) -> str:
+    import yaml
+
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+             f"<p>{e(intro)}</p>"]
+    parts.append("<h2>Summary</h2>")
+    rows = (summary or {}).get("rows") or []
+    if rows:
+        parts.append("<table><thead><tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in COLUMNS)
+                     + "</tr></thead><tbody>")
+        for r in rows:
+            parts.append(f"<tr><td>{e(str(r.get('model', '')))}</td>"
+                         + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in COLUMNS) + "</tr>")
+        parts.append("</tbody></table>")
+        parts.append('<p class="note">Test accuracy in %, final models (not test-selected). many / medium / few: '
+                     'more than 100 / 20 to 100 / fewer than 20 training images; head / tail: the h_r split; '
+                     '– : no class in the group.</p>')
+        times = (summary or {}).get("times_s") or {}
+        if times:
+            parts.append('<p class="note">Time of the invocation that wrote the summary: '
+                         + e(", ".join(f"{k} {float(v):.0f} s" for k, v in times.items())) + ".</p>")
+    else:
+        parts.append("<p>No summary.json found.</p>")
+    if problems:
+        parts.append("<p><b>Not shown:</b></p><ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul>")
+    parts.append("<h2>Run figures</h2>")
+    parts.extend(_figure_html(f) for f in run_figs)
+    if phase_ii_figs:
+        parts.append("<h2>Phase II: CAMs, decomposition, synthetic samples</h2>")
+        parts.extend(_figure_html(f) for f in phase_ii_figs)
+    parts.append("<h2>Resolved configurations</h2>")
+    for ph, cfgd in (configs or {}).items():
+        parts.append(f"<details><summary>{e(ph)}</summary><pre>{e(yaml.safe_dump(cfgd, sort_keys=False))}</pre>"
+                     "</details>")
+    parts.append("<h2>Versions</h2>")
+    if env:
+        parts.append("<table><tbody>" + "".join(
+            f"<tr><td>{e(str(k))}</td><td style=\"text-align:left\">{e(json.dumps(v) if not isinstance(v, str) else v)}"
+            "</td></tr>" for k, v in env.items()) + "</tbody></table>")
+    else:
+        parts.append("<p>No environment.json found.</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _phase_ii_figures(workdir: Path, config: str, note: str, limit: int = 12) -> list[dict]:
+    folder = workdir / "log" / "phase_ii" / config / note / "figures"
+    if not folder.is_dir():
+        return []
+    out = []
+    files = sorted(folder.glob("cam_tail_*.png"))[:limit] + sorted(folder.glob("synthetic*.png"))
+    for p in files:
+        data = p.read_bytes()
+        try:
+            F.png_size(data)
+        except ValueError:
+            continue
+        if p.name.startswith("synthetic"):
+            title, cap = "Synthetic tail samples", ("Each row: a real tail sample and, per confusing class, the "
+                                                    "locations drawn from the tail map (red) and from the donor map "
+                                                    "(blue) with the mixing ratio gamma.")
+        else:
+            title, cap = f"CAMs and masks: {p.stem}", ("Training images of a tail class and of its confusing "
+                                                      "classes: image, CAM of the own class, class-specific and "
+                                                      "class-generic locations.")
+        out.append({"name": f"phase_ii_{p.stem}", "title": title, "caption": cap + f" ({p.name})", "png": data})
+    return out
+
+
+def run_figures(workdir, config: str, note: str, device=None, compute_confusion: bool = True,
+                print_fn=print) -> tuple[list[dict], list[str]]:
+    """The run plots as PNG bytes: [{name, title, caption, png}], and what could not be made."""
+    from ..engine.run import resolve_device
+    from ..phases import store
+
+    workdir = Path(workdir)
+    summary = _read_json(workdir / "log" / "run" / config / note / "summary.json")
+    cfg = _load_cfg(workdir, config, summary)
+    folder = workdir / "feature" / config / note
+    index = store.read_index(folder)
+    counts = np.asarray(index["class_counts"], dtype=np.int64)
+    K = len(counts)
+    head, tail = index["head"], index["tail"]
+    names = None
+    try:
+        from ..data import build_dataset
+
+        names = list(build_dataset(cfg, "train", augment=False).classes)
+    except Exception as exc:  # names are a nicety: the class ids will do
+        print_fn(f"[report] class names unavailable ({str(exc).splitlines()[0][:120]}); using class ids")
+    if not names or len(names) != K:
+        names = [str(i) for i in range(K)]
+    logs = {k: workdir / "log" / ph / config / n for k, ph, n in
+            (("phase_i", "phase_i", note), ("phase_iii", "phase_iii", note), ("control", "phase_iii", f"{note}-noaug"))}
+    metrics = {k: _read_json(p / "metrics.json") for k, p in logs.items()}
+    figs, problems = [], []
+
+    # per-class accuracy
+    series = []
+    for key, label in (("phase_i", "Phase I (plain training)"), ("control", "Phase III, No-Aug control"),
+                       ("phase_iii", "Phase III, FSA")):
+        m = metrics[key]
+        if m and m.get("final") and m["final"].get("per_class") is not None:
+            series.append((label, m["final"]["per_class"]))
+    if series:
+        fig = F.per_class_accuracy_figure(counts, series, head=head, names=names,
+                                          title=f"{config} / {note}: per-class test accuracy")
+        figs.append({"name": "per_class_accuracy", "title": "Per-class accuracy against training-set size",
+                     "caption": "Each point is one class; x: its training images (log scale, most frequent on the "
+                                "left), y: its test accuracy. The dashed line separates head and tail (h_r split).",
+                     "png": F.render_png(fig)})
+    else:
+        problems.append("per-class accuracy: no metrics.json with final.per_class")
+
+    # confusion matrices before / after
+    mats = []
+    dev = None
+    for key, ph, label in (("phase_i", "phase_i", "before: Phase I"),
+                           ("phase_iii", "phase_iii", "after: Phase III, FSA")):
+        cm = _saved_confusion(metrics[key], logs[key])
+        if cm is None and compute_confusion:
+            ck = workdir / "checkpoints" / ph / config / note / "last.pt"
+            if ck.is_file():
+                try:
+                    dev = dev or resolve_device(device)
+                    pcfg = _load_cfg(workdir, config, summary, ph)
+                    cm = evaluate_confusion(pcfg, ck, ph, K, dev)
+                except Exception as exc:
+                    problems.append(f"confusion matrix {ph}: {str(exc).splitlines()[0][:200]}")
+            else:
+                problems.append(f"confusion matrix {ph}: {ck} not found")
+        if cm is not None:
+            if cm.shape != (K, K):
+                problems.append(f"confusion matrix {ph}: shape {cm.shape}, expected {K} x {K}")
+                continue
+            mats.append((label, cm))
+    if mats:
+        fig = F.confusion_figure(mats, counts, names=names)
+        figs.append({"name": "confusion_matrices", "title": "Confusion matrices before and after Phase III",
+                     "caption": "Rows: true class, columns: predicted class, each row in % of its test images; "
+                                "classes sorted by training frequency (most frequent first), so the tail is at "
+                                "the bottom right." + (" Numbers in the cells for K <= 50." if K <= 50 else ""),
+                     "png": F.render_png(fig)})
+
+    # confusing-class graph
+    try:
+        scores = store.load_confusion(folder)
+        conf = {int(k): [int(u) for u in v] for k, v in index["confusing"].items()}
+        fig = F.confusing_graph_figure(scores.numpy(), tail, conf, counts, head=head, names=names,
+                                       title=f"{config} / {note}: confusing classes of the tail classes")
+        figs.append({"name": "confusing_classes", "title": "Confusing classes of the tail classes",
+                     "caption": "Arrow t → u: u is one of the confusing classes of tail class t (Phase II), "
+                                "labelled with the mean softmax score of u over the training images of t "
+                                "(Phase I model, no augmentation).", "png": F.render_png(fig)})
+    except Exception as exc:
+        problems.append(f"confusing-class graph: {str(exc).splitlines()[0][:200]}")
+    return figs, problems
+
+
+def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summary: dict | None) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from ..phases.pipeline import summary_table
+
+    log_dir = workdir / "run_summary" / "run" / config / note
+    w = SummaryWriter(log_dir=str(log_dir))
+    try:
+        for f in figs:
+            w.add_image(f"run/{f['name']}", F.png_to_array(f["png"]), 0, dataformats="HWC")
+        rows = (summary or {}).get("rows") or []
+        for r in rows:
+            for c in COLUMNS:
+                if r.get(c) is not None:
+                    w.add_scalar(f"summary/{_tag(str(r.get('model')))}/{c}", float(r[c]), 0)
+        if rows:
+            w.add_text("summary", summary_table([(r.get("model"), r) for r in rows]), 0)
+    finally:
+        w.flush()
+        w.close()
+    return log_dir
+
+
+def write_run_report(workdir, config: str, note: str, print_fn=print, device=None, compute_confusion: bool = True,
+                     tensorboard: bool = True) -> Path | None:
+    """Write the run plots, report.html and the TensorBoard record of a run; returns report.html's path.
+
+    device: where the confusion matrices are computed when no phase saved them (default:
+    CUDA when available).  Under torchrun only rank 0 writes (other ranks return None).
+    """
+    from ..engine import distributed as dist
+    from ..engine.io import write_bytes, write_text
+
+    if not dist.is_main():
+        return None
+    workdir = Path(workdir)
+    out = workdir / "log" / "run" / config / note
+    summary = _read_json(out / "summary.json")
+    figs, problems = run_figures(workdir, config, note, device, compute_confusion, print_fn)
+    for f in figs:
+        write_bytes(out / f"{f['name']}.png", f["png"])
+    p2 = _phase_ii_figures(workdir, config, note)
+    env = _read_json(workdir / "log" / "phase_i" / config / note / "environment.json")
+    configs = (summary or {}).get("configs") or {}
+    intro = f"Feature Space Augmentation (fsa-lt) run {config} / {note}."
+    c3 = configs.get("phase_iii")
+    if c3:
+        d = c3["dataset"]
+        intro += (f" {d['name']}, imbalance {float(d['imb_ratio']):g} ({d['imb_type']}), {c3['model']['name']}; "
+                  f"Phase I {configs.get('phase_i', c3)['train']['epochs']} epochs, Phase III "
+                  f"{c3['finetune']['iterations']} iterations (n_t {c3['finetune']['n_t']}, "
+                  f"n_a {c3['finetune']['n_a']});"
+                  f" tau_s {c3['extract']['tau_s']}, tau_g {c3['extract']['tau_g']}, h_r {c3['extract']['h_r']}.")
+    intro += f" Report written {datetime.datetime.now().isoformat(timespec='seconds')}."
+    page = build_html(f"fsa-lt run report: {config} / {note}", intro, summary, figs, p2, configs, env, problems)
+    path = write_text(out / "report.html", page)
+    if tensorboard:
+        _tensorboard(workdir, config, note, figs + p2, summary)
+    for p in problems:
+        print_fn(f"[report] not shown: {p}")
+    print_fn(f"[report] {path}")
+    return path
+
+
+__all__ = ["write_run_report", "run_figures", "build_html", "evaluate_confusion", "config_from_dict", "RUN_FIGURES"]

@@ -1,0 +1,156 @@
+"""Phases II and III and `fsa-lt run` end to end on generated CIFAR files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from fsa_lt.config import load_config
+from fsa_lt.errors import CheckpointError
+from fsa_lt.method import class_activation_maps, head_tail_split, normalize_cams
+from fsa_lt.phases import phase_i, phase_ii, phase_iii, pipeline, store
+
+NAME = "cifar10-LT_resnet32"
+
+
+def _overrides(root):
+    return tiny_overrides(root) + ["train.epochs=3", "finetune.iterations=30", "finetune.eval_every=15",
+                                   "finetune.save_every=30"]
+
+
+@pytest.fixture(scope="module")
+def ran(fake_cifar10, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wd")
+    out = []
+    payload = pipeline.run(NAME, "e2e", wd, "cpu", _overrides(fake_cifar10), control=True, print_fn=out.append)
+    return wd, payload, "\n".join(map(str, out)), fake_cifar10
+
+
+def test_run_layout_and_summary(ran):
+    wd, payload, printed, _ = ran
+    for ph in ("phase_i", "phase_iii"):
+        ck = wd / "checkpoints" / ph / NAME / "e2e"
+        assert (ck / "best_model.pt").is_file() and (ck / "last.pt").is_file()
+        m = json.loads((wd / "log" / ph / NAME / "e2e" / "metrics.json").read_text())
+        assert {"top1", "many", "medium", "few", "head", "tail", "per_class"} <= set(m["final"])
+    assert (wd / "checkpoints/phase_iii" / NAME / "e2e/model_iter_000030.pt").is_file()
+    assert (wd / "checkpoints/phase_iii" / NAME / "e2e-noaug/last.pt").is_file()  # the control
+    assert store.is_complete(wd / "feature" / NAME / "e2e")
+    summary = json.loads((wd / "log/run" / NAME / "e2e/summary.json").read_text())
+    assert [r["model"] for r in summary["rows"]] == ["Phase I (plain training)",
+                                                     "Phase III, augmentation off (No-Aug control)", "Phase III, FSA"]
+    md = (wd / "log/run" / NAME / "e2e/summary.md").read_text()
+    assert "| Phase III, FSA |" in md and "| top1 | many | medium | few | head | tail |" in md
+    assert "| Phase III, FSA |" in printed
+    # Phase I row equals Phase I's own metrics.json
+    m1 = json.loads((wd / "log/phase_i" / NAME / "e2e/metrics.json").read_text())["final"]
+    assert summary["rows"][0]["top1"] == m1["top1"]
+
+
+def test_store_contents_match_independent_computation(ran):
+    wd, _, _, root = ran
+    folder = wd / "feature" / NAME / "e2e"
+    index = store.read_index(folder)
+    data = store.load_shards(folder, index)
+    counts = np.array(index["class_counts"])
+    # fake CIFAR-10, n_max 60, IR 10: n_i = int(60 * 0.1 ** (i / 9))
+    assert counts.tolist() == [int(60 * 0.1 ** (i / 9)) for i in range(10)]
+    head, tail = head_tail_split(counts, 0.9)
+    assert index["head"] == head.tolist() and index["tail"] == tail.tolist()
+    assert data["fmaps"].dtype == torch.float16 and list(data["fmaps"].shape[1:]) == [64, 8, 8]
+    # CAM of the stored maps with the Phase I classifier row of the true class, min-max normalised
+    cfg = load_config(NAME, "phase_ii", _overrides(root))
+    model, _ = phase_i_model(cfg, wd)
+    w = model.get_classifier().weight.detach()
+    f = data["fmaps"][:20].float()
+    expect = torch.einsum("bchw,bc->bhw", f, w[data["labels"][:20]])
+    lo = expect.amin((1, 2), keepdim=True)
+    hi = expect.amax((1, 2), keepdim=True)
+    expect = (expect - lo) / (hi - lo)
+    assert torch.allclose(data["cams"][:20].float(), expect, atol=2e-3)
+    # confusing classes: row-wise top-3 of the mean-softmax matrix, self excluded
+    scores = store.load_confusion(folder)
+    for c in index["tail"]:
+        row = scores[c].clone()
+        row[c] = -1
+        assert index["confusing"][str(c)] == torch.argsort(row, descending=True, stable=True)[:3].tolist()
+    assert torch.allclose(scores.sum(1), torch.ones(10), atol=1e-4)
+
+
+def phase_i_model(cfg, wd):
+    from fsa_lt.phases.common import load_phase_model
+
+    return load_phase_model(cfg, wd / "checkpoints/phase_i" / cfg.name / "e2e/last.pt", "phase_ii", 10,
+                            torch.device("cpu"), expect_phase="phase_i")
+
+
+def test_phase_iii_starts_from_phase_i_and_changes_only_the_classifier(ran):
+    wd, _, _, root = ran
+    from fsa_lt.engine.checkpoint import load_checkpoint
+
+    a = load_checkpoint(wd / "checkpoints/phase_i" / NAME / "e2e/last.pt")["model"]
+    b = load_checkpoint(wd / "checkpoints/phase_iii" / NAME / "e2e/last.pt")["model"]
+    for k in a:
+        if k.startswith("fc."):
+            assert not torch.equal(a[k], b[k])
+        else:
+            assert torch.equal(a[k], b[k]), k
+    m = json.loads((wd / "log/phase_iii" / NAME / "e2e/metrics.json").read_text())
+    m1 = json.loads((wd / "log/phase_i" / NAME / "e2e/metrics.json").read_text())["final"]
+    # iteration 0 of Phase III (the Phase I classifier on the frozen features) reproduces Phase I
+    assert m["phase_i"]["top1"] == pytest.approx(m1["top1"])
+    # the saved full model evaluates to the logged final metrics
+    cfg = load_config(NAME, "phase_iii", _overrides(root))
+    t = phase_iii.test(cfg, "e2e", wd, "cpu", checkpoint="last")
+    assert t["top1"] == pytest.approx(m["final"]["top1"])
+
+
+def test_rerun_reuses_complete_phases(ran):
+    wd, _, _, root = ran
+    out = []
+    pipeline.run(NAME, "e2e", wd, "cpu", _overrides(root), control=True, print_fn=out.append)
+    text = "\n".join(map(str, out))
+    assert text.count("reusing") == 3
+
+
+def test_phase_ii_without_phase_i_is_a_clear_error(fake_cifar10, tmp_path):
+    cfg = load_config(NAME, "phase_ii", _overrides(fake_cifar10))
+    with pytest.raises(CheckpointError, match="Phase I checkpoint not found"):
+        phase_ii.extract(cfg, "none", tmp_path, "cpu")
+    cfg3 = load_config(NAME, "phase_iii", _overrides(fake_cifar10))
+    with pytest.raises(CheckpointError, match="feature store not found"):
+        phase_iii.finetune(cfg3, "none", tmp_path, "cpu")
+
+
+def test_class_ids_not_in_frequency_order(ran, monkeypatch):
+    """Relabel the classes by a permutation: head/tail and confusing classes follow the labels."""
+    wd, _, _, root = ran
+    perm = np.array([7, 2, 9, 0, 5, 1, 8, 3, 6, 4])
+    real_build = phase_ii.build_dataset
+
+    def permuted(cfg, split="train", augment=None):
+        ds = real_build(cfg, split, augment)
+        ds.targets = perm[np.asarray(ds.targets)]
+        return ds
+
+    # a Phase I model for the permuted labels: permute the rows of the trained classifier
+    from fsa_lt.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    src = load_checkpoint(wd / "checkpoints/phase_i" / NAME / "e2e/last.pt")
+    st = dict(src)
+    inv = np.argsort(perm)
+    st["model"] = dict(src["model"])
+    st["model"]["fc.weight"] = src["model"]["fc.weight"][inv]
+    st["model"]["fc.bias"] = src["model"]["fc.bias"][inv]
+    st["class_counts"] = src["class_counts"][inv]
+    save_checkpoint(wd / "checkpoints/phase_i" / NAME / "perm/last.pt", st)
+    monkeypatch.setattr(phase_ii, "build_dataset", permuted)
+    cfg = load_config(NAME, "phase_ii", _overrides(root))
+    phase_ii.extract(cfg, "perm", wd, "cpu")
+    index = store.read_index(wd / "feature" / NAME / "perm")
+    orig = store.read_index(wd / "feature" / NAME / "e2e")
+    assert sorted(index["head"]) == sorted(perm[orig["head"]].tolist())
+    assert sorted(index["tail"]) == sorted(perm[orig["tail"]].tolist())
+    for c, conf in orig["confusing"].items():
+        assert index["confusing"][str(perm[int(c)])] == perm[conf].tolist()
