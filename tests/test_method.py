@@ -434,7 +434,33 @@ def _toy_problem(seed: int):
     return draw(y_tr, s_tr), y_tr, draw(y_te, s_te), y_te, k, c
 
 
-def _finetune(augment: bool, seed: int = 0, steps: int = 250):
+def _zero_linear(c, k):
+    clf = torch.nn.Linear(c, k)
+    torch.nn.init.zeros_(clf.weight)
+    torch.nn.init.zeros_(clf.bias)
+    return clf
+
+
+def _phase_i(pooled, y, k, c, steps: int = 300):
+    """'Phase I' on the toy problem: a linear classifier on all training samples
+    (instance-uniform, full batch, cross-entropy), as plain long-tailed training does."""
+    clf = _zero_linear(c, k)
+    opt = torch.optim.SGD(clf.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(clf(pooled), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return clf
+
+
+def _accuracy(clf, f_te, y_te, k):
+    with torch.no_grad():
+        pred = clf(f_te.mean(dim=(2, 3))).argmax(dim=1)
+    return [(pred[y_te == i] == i).float().mean().item() for i in range(k)]
+
+
+def _finetune(augment: bool, seed: int = 0, steps: int = 250, from_phase_i: bool = False):
     f_tr, y_tr, f_te, y_te, k, c = _toy_problem(seed)
     head, tail = head_tail_split(np.bincount(y_tr.numpy(), minlength=k), 0.9)
     assert head.tolist() == [0, 1] and tail.tolist() == [2]
@@ -446,10 +472,7 @@ def _finetune(augment: bool, seed: int = 0, steps: int = 250):
     probs = torch.softmax(10 * pooled @ w_cam.T, dim=1)
     conf = confusing_classes(mean_scores_by_class(probs, y_tr, k), tail, 2)
     sampler = FSASampler(y_tr, head, tail, conf, n_t=8, n_a=2, generator=torch.Generator().manual_seed(seed + 1))
-    torch.manual_seed(seed)
-    clf = torch.nn.Linear(c, k)
-    torch.nn.init.zeros_(clf.weight)
-    torch.nn.init.zeros_(clf.bias)
+    clf = _phase_i(pooled, y_tr, k, c) if from_phase_i else _zero_linear(c, k)
     opt = torch.optim.SGD(clf.parameters(), lr=0.5, momentum=0.9)
     for _ in range(steps):
         x, y = build_batch(sampler, pooled, f_tr, cams, 0.8, 0.2, augment=augment)
@@ -457,9 +480,7 @@ def _finetune(augment: bool, seed: int = 0, steps: int = 250):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        pred = clf(f_te.mean(dim=(2, 3))).argmax(dim=1)
-    return [(pred[y_te == i] == i).float().mean().item() for i in range(k)]
+    return _accuracy(clf, f_te, y_te, k)
 
 
 def test_effect_fsa_helps_tail_class_over_no_aug_control():
@@ -469,3 +490,13 @@ def test_effect_fsa_helps_tail_class_over_no_aug_control():
     assert acc_ctl[2] < 0.5, acc_ctl
     assert acc_aug[2] > acc_ctl[2] + 0.3, (acc_aug, acc_ctl)
     assert np.mean(acc_aug) > np.mean(acc_ctl), (acc_aug, acc_ctl)
+
+
+def test_effect_phase_iii_raises_tail_accuracy_over_phase_i():
+    """Phase III (classifier initialised from Phase I) raises the tail class over Phase I."""
+    f_tr, y_tr, f_te, y_te, k, c = _toy_problem(0)
+    acc_i = _accuracy(_phase_i(f_tr.mean(dim=(2, 3)), y_tr, k, c), f_te, y_te, k)
+    acc_iii = _finetune(augment=True, from_phase_i=True)
+    assert acc_i[2] < 0.5, acc_i  # plain training: the tail class is learnt as 'style 0'
+    assert acc_iii[2] > acc_i[2] + 0.3, (acc_i, acc_iii)
+    assert np.mean(acc_iii) > np.mean(acc_i), (acc_i, acc_iii)
