@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from .base import InMemoryLT
 
 from fsa_lt.errors import DataError
 
@@ -297,7 +297,7 @@ def default_root() -> str:
 
 
 # --------------------------------------------------------------------------- data set
-class CIFARLT(Dataset):
+class CIFARLT(InMemoryLT):
     """CIFAR-10-LT / CIFAR-100-LT (training split long-tailed, test split full).
 
     Attributes: ``data`` (uint8 N x 32 x 32 x 3), ``targets`` (int64), ``indices``
@@ -338,20 +338,6 @@ class CIFARLT(Dataset):
             self.indices = np.arange(len(targets), dtype=np.int64)
             self.data = data
             self.targets = targets.astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        img = self.data[i]
-        if self.transform is not None:
-            x = self.transform(img)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-        return x, int(self.targets[i])
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.targets, minlength=self.num_classes)
 
     def __repr__(self) -> str:
         split = f"train, IR {self.imb_ratio} {self.imb_type}, seed {self.seed}" if self.train else "test"

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from .base import InMemoryLT
 
 from fsa_lt.errors import DataError
 from fsa_lt.data.cifar import long_tailed_indices
@@ -58,7 +58,7 @@ def digits_split(seed: int = 0, test_fraction: float = 0.4) -> tuple[np.ndarray,
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-class DigitsLT(Dataset):
+class DigitsLT(InMemoryLT):
     """Long-tailed digits with the CIFARLT attributes.
 
     ``indices`` are positions in the (balanced) training split for ``train=True``,
@@ -101,20 +101,6 @@ class DigitsLT(Dataset):
             self.source_indices = te
         self.data = np.ascontiguousarray(x_all[self.source_indices])
         self.targets = y_all[self.source_indices].astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        img = self.data[i]
-        if self.transform is not None:
-            x = self.transform(img)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-        return x, int(self.targets[i])
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.targets, minlength=self.num_classes)
 
     def __repr__(self) -> str:
         split = f"train, IR {self.imb_ratio} {self.imb_type}, seed {self.seed}" if self.train else "test"

@@ -72,6 +72,18 @@ def evaluate(model, loader, num_classes: int, device, *, amp=False, desc="eval")
     return cm.reshape(num_classes, num_classes).cpu()
 
 
+@torch.no_grad()
+def feature_maps(model, loader, device, *, amp=False):
+    """Yield (final feature map in float32, labels) for every batch; the model in eval mode."""
+    model.eval()
+    for x, y in loader:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            f = model.forward_features(x)
+        yield f.float(), y
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     m = getattr(model, "module", model)
     return getattr(m, "_orig_mod", m)

@@ -10,6 +10,7 @@ from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state
 from ..engine.io import write_json
 from ..engine.metrics import one_line, summarize
+from ..engine.run import seed_everything
 from ..errors import CheckpointError, DataError
 from ..models import create_model
 
@@ -71,6 +72,26 @@ def save_confusion_matrix(run, cm) -> None:
         from ..engine.io import torch_save
 
         torch_save(run.dirs["log"] / "confusion_matrix.pt", torch.as_tensor(cm).detach().cpu().long())
+
+
+def test_checkpoint(cfg, run, checkpoint: str, phase: str, step_key: str) -> dict:
+    """Test mode of a phase: evaluate best/last/a path on the test set, write test_<stem>.json."""
+    from ..data import build_dataset, class_counts, make_loader
+    from ..engine.trainer import evaluate
+
+    seed_everything(cfg.seed)
+    train_set = build_dataset(cfg, "train", augment=False)
+    test_set = build_dataset(cfg, "test")
+    check_test_classes(train_set, test_set)
+    counts = class_counts(train_set)
+    path = checkpoint_path(run.dirs["ckpt"], checkpoint)
+    model, state = load_phase_model(cfg, path, phase, len(counts), run.device, expect_phase=phase)
+    loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
+    m = summarize(evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp), counts, cfg.extract.h_r)
+    m[step_key] = state.get(step_key)
+    log_metrics(run, "test", m, 0)
+    write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
+    return m
 
 
 def write_metrics(run, payload: dict, name: str = "metrics.json") -> None:

@@ -18,7 +18,7 @@ from ..engine.schedule import lr_factor
 from ..engine.trainer import evaluate, train_epoch, unwrap
 from ..errors import CheckpointError, ConfigError
 from .common import (build_model, check_test_classes, checkpoint_path, counts_summary, load_phase_model,
-                     log_metrics, save_confusion_matrix, write_metrics)
+                     log_metrics, save_confusion_matrix, test_checkpoint, write_metrics)
 
 PHASE = "phase_i"
 
@@ -151,19 +151,6 @@ def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "be
     dist.init_from_env(device)
     run = open_run(cfg, PHASE, note, workdir, device, tensorboard=False)
     try:
-        seed_everything(cfg.seed)
-        train_set = build_dataset(cfg, "train", augment=False)
-        test_set = build_dataset(cfg, "test")
-        check_test_classes(train_set, test_set)
-        counts = class_counts(train_set)
-        path = checkpoint_path(run.dirs["ckpt"], checkpoint)
-        model, state = load_phase_model(cfg, path, PHASE, len(counts), run.device)
-        loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
-        cm = evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp)
-        m = summarize(cm, counts, cfg.extract.h_r)
-        m["epoch"] = state.get("epoch")
-        log_metrics(run, "test", m, 0)
-        write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
-        return m
+        return test_checkpoint(cfg, run, checkpoint, PHASE, "epoch")
     finally:
         run.close()

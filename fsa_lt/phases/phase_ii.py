@@ -19,7 +19,7 @@ from ..config import Config
 from ..data import build_dataset, class_counts, make_loader
 from ..engine import distributed as dist
 from ..engine.run import open_run, seed_everything
-from ..engine.trainer import autocast
+from ..engine.trainer import feature_maps
 from ..method import class_activation_maps, confusing_classes, head_tail_split, normalize_cams
 from . import store
 from .common import checkpoint_path, counts_summary, load_phase_model, require_phase_output
@@ -42,18 +42,11 @@ class _Shard:
 @torch.no_grad()
 def forward_store(model, loader, device, amp: bool, keep_maps: bool, dtype=torch.float16):
     """Run the frozen model over `loader`; returns maps, cams, labels and the score sums."""
-    model.eval()
     weight = model.get_classifier().weight.float()
     K = weight.shape[0]
     score_sum = torch.zeros(K, K, device=device, dtype=torch.float64)
     fmaps, cams, labels = [], [], []
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            f = model.forward_features(x)
-        f = f.float()
+    for f, y in feature_maps(model, loader, device, amp=amp):
         logits = model.forward_head(f)
         score_sum.index_add_(0, y, torch.softmax(logits, 1).double())
         cam = normalize_cams(class_activation_maps(f, weight, y))

@@ -28,11 +28,11 @@ from ..engine import distributed as dist
 from ..engine.checkpoint import save_checkpoint
 from ..engine.metrics import confusion_matrix, summarize
 from ..engine.run import open_run, seed_everything
-from ..engine.trainer import autocast
+from ..engine.trainer import autocast, feature_maps
 from ..errors import ConfigError, DataError
 from ..method import FSASampler, build_batch, class_activation_maps, normalize_cams, synthesize
 from . import store
-from .common import checkpoint_path, load_phase_model, log_metrics, save_confusion_matrix, write_metrics
+from .common import load_phase_model, log_metrics, save_confusion_matrix, test_checkpoint, write_metrics
 
 PHASE = "phase_iii"
 
@@ -40,15 +40,9 @@ PHASE = "phase_iii"
 @torch.no_grad()
 def pooled_features(model, loader, device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features (pre-logits) and labels of a whole loader, all ranks gathered."""
-    model.eval()
     feats, labels = [], []
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            f = model.forward_features(x)
-        feats.append(model.forward_head(f.float(), pre_logits=True))
+    for f, y in feature_maps(model, loader, device, amp=amp):
+        feats.append(model.forward_head(f, pre_logits=True))
         labels.append(y)
     return dist.all_gather_cat(torch.cat(feats)), dist.all_gather_cat(torch.cat(labels))
 
@@ -273,21 +267,9 @@ def _finetune(cfg: Config, run, note: str) -> dict:
 
 
 def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:
-    from ..engine.trainer import evaluate
-
     dist.init_from_env(device)
     run = open_run(cfg, PHASE, output_note(cfg, note), workdir, device, tensorboard=False)
     try:
-        train_set = build_dataset(cfg, "train", augment=False)
-        test_set = build_dataset(cfg, "test")
-        counts = class_counts(train_set)
-        path = checkpoint_path(run.dirs["ckpt"], checkpoint)
-        model, state = load_phase_model(cfg, path, PHASE, len(counts), run.device, expect_phase=PHASE)
-        loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
-        m = summarize(evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp), counts, cfg.extract.h_r)
-        m["iteration"] = state.get("iteration")
-        log_metrics(run, "test", m, 0)
-        write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
-        return m
+        return test_checkpoint(cfg, run, checkpoint, PHASE, "iteration")
     finally:
         run.close()
