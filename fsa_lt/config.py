@@ -81,7 +81,10 @@ class TrainConfig:
     amp: bool = True
     # GPU-resident data path for in-memory data sets (CIFAR, digits): auto = when it applies.
     fast_path: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the model; mode "reduce-overhead" adds CUDA graphs (per-step launch
+    # overhead dominates small CIFAR models on a GPU).
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     grad_accum: int = 1
     eval_every: int = 10
     save_every: int = 20
@@ -119,6 +122,12 @@ class FinetuneConfig:
     # False: the paper's "No Aug" control (same balanced batches, real samples only).
     augment: bool = True
     tail_sampling: Literal["instance", "class"] = "instance"
+    # None: the Phase II store's mode; "online" also works over a cached store (same split
+    # and confusing classes, maps recomputed under augmentation).
+    mode: Optional[Literal["cached", "online"]] = None
+    # Outputs of a variant (e.g. a threshold sweep) go to <note>-<variant>, beside the
+    # default run, reading the same Phase I model and Phase II store.
+    variant: str = ""
     eval_every: int = 800
     save_every: int = 1600
 
@@ -287,6 +296,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.eval_every > 0, "finetune.eval_every", "must be positive")
     need(f.save_every > 0, "finetune.save_every", "must be positive")
+    need(all(ch.isalnum() or ch in "-_." for ch in f.variant), "finetune.variant",
+         f"may hold letters, digits, '-', '_' and '.' only, got {f.variant!r}")
 
 
 # ----------------------------------------------------------------------------- files

@@ -154,3 +154,19 @@ def test_class_ids_not_in_frequency_order(ran, monkeypatch):
     assert sorted(index["tail"]) == sorted(perm[orig["tail"]].tolist())
     for c, conf in orig["confusing"].items():
         assert index["confusing"][str(perm[int(c)])] == perm[conf].tolist()
+
+
+def test_online_variant_over_cached_store(ran):
+    """finetune.mode=online recomputes maps under augmentation; a variant writes beside the run."""
+    wd, _, _, root = ran
+    cfg = load_config(NAME, "phase_iii", _overrides(root) + ["finetune.mode=online", "finetune.variant=online",
+                                                             "finetune.iterations=4", "finetune.eval_every=2"])
+    res = phase_iii.finetune(cfg, "e2e", wd, "cpu")
+    assert len(res["history"]) == 3  # iteration 0, 2, 4
+    out = wd / "log/phase_iii" / NAME / "e2e-online"
+    assert json.loads((out / "metrics.json").read_text())["final"]["iteration"] == 4
+    from fsa_lt.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(wd / "checkpoints/phase_iii" / NAME / "e2e-online/last.pt")["mode"] == "online"
+    # the default run's outputs are untouched
+    assert json.loads((wd / "log/phase_iii" / NAME / "e2e/metrics.json").read_text())["final"]["iteration"] == 30

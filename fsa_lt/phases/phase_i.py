@@ -81,7 +81,7 @@ def _train(cfg: Config, run, resume: bool) -> dict:
     steps = math.ceil(len(loader) / t.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, steps, t))
     loss_fn = build_loss(t.loss, counts, t.focal_gamma, t.cb_beta).to(dev)
-    fwd_model = torch.compile(model) if t.compile else model
+    fwd_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
 
     ckpt_dir = run.dirs["ckpt"]
     start, best, history = 0, None, []

@@ -130,8 +130,10 @@ class OnlineBatches:
 
 
 def output_note(cfg: Config, note: str) -> str:
-    """The control run ("No Aug") writes beside the FSA run, under <note>-noaug."""
-    return note if cfg.finetune.augment else f"{note}-noaug"
+    """Where a Phase III run writes: <note>[-<variant>][-noaug] (the "No Aug" control and
+    variants sit beside the FSA run and read the same Phase I model and Phase II store)."""
+    out = f"{note}-{cfg.finetune.variant}" if cfg.finetune.variant else note
+    return out if cfg.finetune.augment else f"{out}-noaug"
 
 
 def finetune(cfg: Config, note: str, workdir=".", device=None) -> dict:
@@ -151,7 +153,7 @@ def _full_state(backbone, fc, cfg, counts, iteration, metrics, index) -> dict:
         "phase": PHASE, "model_name": cfg.model.name, "num_classes": len(counts),
         "class_counts": torch.as_tensor(counts), "model": model.state_dict(), "iteration": iteration,
         "epoch": iteration, "metrics": metrics, "config": cfg.to_dict(),
-        "augment": cfg.finetune.augment, "mode": index["mode"], "phase_i_checkpoint": index["checkpoint"],
+        "augment": cfg.finetune.augment, "mode": cfg.finetune.mode or index["mode"], "phase_i_checkpoint": index["checkpoint"],
     }
 
 
@@ -170,7 +172,9 @@ def _finetune(cfg: Config, run, note: str) -> dict:
                         f"({index['num_classes']} classes) than {cfg.dataset.name} now ({K} classes)")
     if index["n_f"] < f.n_a:
         raise ConfigError(f"finetune.n_a={f.n_a} exceeds the {index['n_f']} confusing classes of the store")
-    mode = index["mode"]
+    mode = f.mode or index["mode"]
+    if mode == "cached" and index["mode"] != "cached":
+        raise ConfigError(f"finetune.mode=cached needs a cached feature store; {folder} was extracted online")
     tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
     from pathlib import Path
 
