@@ -222,18 +222,19 @@ def bench_phase_i(args, ds, model_name, device):
     out = []
     loss_fn = nn.CrossEntropyLoss()
 
-    def fast(compile_: bool):
+    def fast(compile_mode=None):
         model = build(model_name, device, True)
         opt = sgd(model.parameters())
-        fwd = torch.compile(model) if compile_ else model
+        fwd = torch.compile(model, mode=compile_mode) if compile_mode else model
         loader = DeviceLoader(ds.data, ds.targets, args.batch_size, device, ds.mean, ds.std, train=True,
                               drop_last=True, seed=0)
         s = Stream(loader)
         run = lambda n: train_epoch(fwd, s.take(n), opt, None, loss_fn, device, amp=amp, desc="bench")  # noqa: E731
         w = timed(lambda: run(args.warmup), device)
         t = timed(lambda: run(args.steps), device)
-        return row("I", model_name, "fast + torch.compile" if compile_ else "fast", "DeviceLoader",
-                   "bf16 autocast" if amp else "fp32", "channels_last", args.steps, args.batch_size, t, w)
+        path = f"fast + torch.compile ({compile_mode})" if compile_mode else "fast"
+        return row("I", model_name, path, "DeviceLoader", "bf16 autocast" if amp else "fp32", "channels_last",
+                   args.steps, args.batch_size, t, w)
 
     def reference():
         model = build(model_name, device, False)
@@ -246,9 +247,10 @@ def bench_phase_i(args, ds, model_name, device):
                    "fp32", "contiguous", args.steps, args.batch_size, t, w)
 
     out.append(reference())
-    out.append(fast(False))
+    out.append(fast())
     if args.compile:
-        out.append(fast(True))
+        for mode in args.compile_modes:
+            out.append(fast(mode))
     return out
 
 
@@ -470,7 +472,9 @@ def bench_end_to_end(args, data_root: str, model_name: str, device, quiet=True):
         base.append("train.eval_batch_size=100")
     variants = [("fast", ["train.fast_path=auto"]), ("reference (fast_path=off)", ["train.fast_path=off"])]
     if args.compile:
-        variants.append(("fast + torch.compile", ["train.fast_path=auto", "train.compile=true"]))
+        for mode in args.compile_modes:
+            variants.append((f"fast + torch.compile ({mode})",
+                             ["train.fast_path=auto", "train.compile=true", f"train.compile_mode={mode}"]))
     rows = []
     for label, extra in variants:
         cfg = load_config(config, "phase_i", base + extra)
@@ -601,6 +605,8 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers of the reference path")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    p.add_argument("--compile-modes", default="default,reduce-overhead",
+                   help="--compile: torch.compile modes, one row each (reduce-overhead adds CUDA graphs)")
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (seconds on a CPU)")
     p.add_argument("--end-to-end", action="store_true",
                    help="time whole Phase I epochs via fsa_lt.phases.phase_i.train instead")
@@ -615,6 +621,7 @@ def parse_args(argv=None):
         if getattr(a, k) is None:
             setattr(a, k, quick if q else full)
     a.models = [m for m in a.models.split(",") if m]
+    a.compile_modes = [m for m in a.compile_modes.split(",") if m]
     a.phases = {int(x) for x in a.phases.split(",") if x}
     return a
 

@@ -17,9 +17,10 @@
 #   ONLY=r32,r18      which runs, in that order       DEVICE=auto|cuda|cpu
 #   MODEL_R32, MODEL_R18  other model names (TINY: resnet20)
 #   EXTRA="k=v ..."   more overrides for both runs    NOTE (repro)   WORKDIR (a temporary folder)
-#   BUDGET_S (570)    a run that would start past this many seconds is skipped, and a run is
+#   BUDGET_S (560)    a run that would start past this many seconds is skipped, and a run is
 #                     interrupted (SIGINT) when it reaches it, so the table still prints
 #   RESULTS_DIR       where repro.md, the summaries and the logs are copied (default: $OUT if set)
+#   KEEP_DATA=1       keep the unpacked data folder (removed at exit otherwise)
 #   SCALE_SCHEDULE=1  with fewer epochs than the protocol, scale its milestones/step with them
 #   TINY=1            a seconds-long schedule for a CPU check (1 epoch, 20 iterations, resnet20)
 set -uo pipefail
@@ -34,7 +35,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry|--dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "reproduce_cifar10_lt.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -53,15 +54,12 @@ MODEL_R32="${MODEL_R32:-resnet32}"
 MODEL_R18="${MODEL_R18:-resnet18_cifar}"
 ONLY="${ONLY:-r32,r18}"
 NOTE="${NOTE:-repro}"
-BUDGET_S="${BUDGET_S:-570}"
+BUDGET_S="${BUDGET_S:-560}"
 SCALE_SCHEDULE="${SCALE_SCHEDULE:-1}"
 EXTRA="${EXTRA:-}"
 RESULTS_DIR="${RESULTS_DIR:-${OUT:-}}"
 START=$SECONDS
 
-if [[ "${DEVICE:-auto}" == auto ]]; then
-  DEVICE="$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)"
-fi
 
 # ------------------------------------------------------------------------------------ data
 DATA_NOTE=""
@@ -87,6 +85,7 @@ else
     echo "would run: $PY $CIFAR_TOOL unpack $PACK $DATA_ROOT"
   else
     DATA_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/fsa-cifar.XXXXXX")"
+    [[ "${KEEP_DATA:-0}" == 1 ]] || trap 'rm -rf "$DATA_ROOT"' EXIT  # the unpacked copy only
     t0=$SECONDS
     if ! "$PY" "$CIFAR_TOOL" unpack "$PACK" "$DATA_ROOT"; then
       echo "reproduce: unpacking $PACK failed (see above)" >&2; exit 3
@@ -100,6 +99,10 @@ if [[ "$DRY" == 1 ]]; then
 else
   WORKDIR="${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/fsa-repro.XXXXXX")}"
   mkdir -p "$WORKDIR"
+fi
+
+if [[ "${DEVICE:-auto}" == auto ]]; then
+  DEVICE="$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)"
 fi
 
 # ------------------------------------------------------------------------------------ runs
@@ -162,7 +165,7 @@ for r in "${RUNS[@]}"; do
   t0=$SECONDS
   # The whole log goes to $log; the terminal gets the evaluations and the summary. Foreground
   # pipeline, so that timeout's SIGINT reaches Python (background jobs ignore SIGINT).
-  timeout --signal=INT --kill-after=30 "$left" "${cmd[@]}" 2>&1 | tee "$log" \
+  timeout --signal=INT --kill-after=15 "$left" "${cmd[@]}" 2>&1 | tee "$log" \
     | grep --line-buffered -E 'test top1|final:|store:|iterations in|mode cached|error|Error|interrupted|^\| |^# |Time this'
   rc=${PIPESTATUS[0]}
   RC[$r]=$rc

@@ -88,6 +88,9 @@ class TrainConfig:
     grad_accum: int = 1
     eval_every: int = 10
     save_every: int = 20
+    # last.pt (the resume point, with optimiser and RNG state) every this many epochs;
+    # a resumed run repeats at most this many epochs. Large models on fast GPUs: raise it.
+    checkpoint_every: int = 1
     eval_batch_size: int = 1000
     # Deterministic algorithms (slower on GPU): exact resume equivalence.
     deterministic: bool = False
@@ -283,6 +286,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     need(t.eval_every > 0, "train.eval_every", "must be positive")
     need(t.save_every > 0, "train.save_every", "must be positive")
+    need(t.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
     need(t.eval_batch_size > 0, "train.eval_batch_size", "must be positive")
     need(0 < e.h_r <= 1, "extract.h_r", f"must be in (0, 1], got {e.h_r}")
     need(0 <= e.tau_g <= 1, "extract.tau_g", f"must be in [0, 1], got {e.tau_g}")

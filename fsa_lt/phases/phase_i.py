@@ -60,7 +60,8 @@ def _train(cfg: Config, run, resume: bool) -> dict:
     if t.batch_size % (world * t.grad_accum):
         raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by world size {world} x grad_accum {t.grad_accum}")
     per_rank = t.batch_size // (world * t.grad_accum)
-    loader = make_loader(train_set, cfg, dev, train=True, batch_size=per_rank)
+    # compiled models (CUDA graphs) want one batch shape: drop the last partial batch then
+    loader = make_loader(train_set, cfg, dev, train=True, batch_size=per_rank, drop_last=t.compile)
     test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=t.eval_batch_size)
     run.log.info(f"loader: {'device-resident fast path' if loader.fast else 'DataLoader'}; "
                  f"{len(loader)} steps/epoch of {per_rank} per rank x {world} rank(s) x accum {t.grad_accum}")
@@ -76,8 +77,8 @@ def _train(cfg: Config, run, resume: bool) -> dict:
         if cfg.model.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                                weight_decay=t.weight_decay, nesterov=t.nesterov)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                nesterov=t.nesterov, fused=True if dev.type == "cuda" else None)
     steps = math.ceil(len(loader) / t.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, steps, t))
     loss_fn = build_loss(t.loss, counts, t.focal_gamma, t.cb_beta).to(dev)
@@ -131,10 +132,11 @@ def _train(cfg: Config, run, resume: bool) -> dict:
         if run.main:
             if done % t.save_every == 0:
                 save_checkpoint(ckpt_dir / f"model_epoch_{done:04d}.pt", _model_state(model, cfg, counts, done))
-            last = _model_state(model, cfg, counts, done)
-            last.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
-                        best=best, history=history)
-            save_checkpoint(ckpt_dir / "last.pt", last)
+            if done % t.checkpoint_every == 0 or done == t.epochs:
+                last = _model_state(model, cfg, counts, done)
+                last.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
+                            best=best, history=history)
+                save_checkpoint(ckpt_dir / "last.pt", last)
         dist.barrier()
 
     if final is None:  # resumed after the end: evaluate what we have
