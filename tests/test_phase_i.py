@@ -138,9 +138,18 @@ def _real_cifar_root():
 @pytest.mark.skipif(_real_cifar_root() is None,
                     reason="FSA_DATA_ROOT does not hold real CIFAR-10 (python ../shared/tools/cifar10.py fetch DIR)")
 def test_real_cifar10_lt_beats_chance(tmp_path):
-    """Two epochs of ResNet-20 on real CIFAR-10-LT (IR 100, 12,406 images): clearly above 10 %."""
+    """Three epochs of ResNet-20 on real CIFAR-10-LT (IR 100, 12,406 images), lr annealed to 0
+    (cosine) so that the evaluated model is settled: clearly above chance (10 %)."""
     cfg = load_config(NAME, "phase_i", [f"dataset.root={_real_cifar_root()}", "model.name=resnet20",
-                                        "train.epochs=2", "train.warmup_epochs=0", "train.eval_every=2"])
-    res = phase_i.train(cfg, "real", tmp_path, "cpu")
-    assert res["final"]["top1"] > 25.0
+                                        "train.epochs=3", "train.warmup_epochs=0", "train.schedule=cosine",
+                                        "train.eval_every=3"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = phase_i.train(cfg, "real", tmp_path, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    # a constant prediction scores 10 % on the balanced test set; twice that is clearly learnt
+    assert res["final"]["top1"] > 20.0
+    assert res["final"]["head"] > 35.0
     assert res["final"]["num_test"] == 10000

@@ -128,6 +128,7 @@ def _extract(cfg: Config, run) -> dict:
     if run.main:
         store.save_confusion(folder, scores.cpu())
         store.write_index(folder, index)
+    dist.barrier()  # no rank goes on (to Phase III) before the index exists
     dt = time.perf_counter() - t0
     names = getattr(train_set, "classes", None) or [str(i) for i in range(K)]
     run.log.info(f"head {len(head)} classes / tail {len(tail)} classes (h_r={e.h_r}); "
