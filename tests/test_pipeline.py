@@ -170,3 +170,25 @@ def test_online_variant_over_cached_store(ran):
     assert load_checkpoint(wd / "checkpoints/phase_iii" / NAME / "e2e-online/last.pt")["mode"] == "online"
     # the default run's outputs are untouched
     assert json.loads((wd / "log/phase_iii" / NAME / "e2e/metrics.json").read_text())["final"]["iteration"] == 30
+
+
+def test_run_resumes_an_interrupted_phase_i(fake_cifar10, tmp_path, monkeypatch):
+    real = phase_i.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(phase_i, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=lambda *a: None)
+    monkeypatch.setattr(phase_i, "train_epoch", real)
+    out = []
+    pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=out.append)
+    assert any("resuming" in str(o) for o in out)
+    log = (tmp_path / "log/phase_i" / NAME / "int/log.txt").read_text()
+    assert "resumed from" in log and "at epoch 1" in log
+    assert json.loads((tmp_path / "log/phase_i" / NAME / "int/metrics.json").read_text())["final"]["epoch"] == 3

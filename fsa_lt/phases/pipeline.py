@@ -52,6 +52,13 @@ def phase_done(workdir: Path, phase: str, cfg: Config, note: str) -> bool:
     return bool(m and m.get("final"))
 
 
+def _resumable(workdir: Path, cfg: Config, note: str) -> bool:
+    """Phase I stopped part-way (last.pt there) with the settings it has now."""
+    last = workdir / "checkpoints" / "phase_i" / cfg.name / note / "last.pt"
+    return last.is_file() and _same(_saved_config(workdir, "phase_i", cfg, note), cfg,
+                                    ("seed", "dataset", "model", "train"))
+
+
 def _metrics(workdir: Path, phase: str, cfg: Config, note: str) -> dict:
     return _read_json(workdir / "log" / phase / cfg.name / note / "metrics.json")["final"]
 
@@ -79,7 +86,11 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force=
             print_fn(f"[run] {ph}: complete outputs found, reusing them (--force reruns)")
             continue
         t0 = time.perf_counter()
-        fn(cfg, note, workdir, device)
+        if ph == "phase_i" and not force and _resumable(workdir, cfg, note):
+            print_fn("[run] phase_i: an interrupted run with the same settings is there, resuming it")
+            phase_i.train(cfg, note, workdir, device, resume=True)
+        else:
+            fn(cfg, note, workdir, device)
         times[ph] = time.perf_counter() - t0
         upstream_ran = True
     rows = [("Phase I (plain training)", _metrics(workdir, "phase_i", cfgs["phase_i"], note))]
