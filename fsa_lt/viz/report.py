@@ -62,21 +62,15 @@ def _load_cfg(workdir: Path, config: str, summary: dict | None, phase: str = "ph
     return load_config(config, phase)
 
 
-def _saved_confusion(metrics: dict | None, log_dir: Path | None = None):
-    """The final model's confusion matrix if the phase saved it: ``confusion_matrix.pt``
-    (K x K tensor) in its log folder, or ``confusion_matrix`` in metrics.json."""
-    if log_dir is not None and (log_dir / "confusion_matrix.pt").is_file():
-        try:
-            t = torch.load(log_dir / "confusion_matrix.pt", map_location="cpu", weights_only=True)
-            return np.asarray(t, dtype=np.int64)
-        except Exception:
-            pass
-    if not metrics:
+def _saved_confusion(log_dir: Path):
+    """The final model's confusion matrix as the phase saved it (``confusion_matrix.pt``)."""
+    path = log_dir / "confusion_matrix.pt"
+    if not path.is_file():
         return None
-    cm = metrics.get("confusion_matrix")
-    if cm is None and isinstance(metrics.get("final"), dict):
-        cm = metrics["final"].get("confusion_matrix")
-    return None if cm is None else np.asarray(cm, dtype=np.int64)
+    try:
+        return np.asarray(torch.load(path, map_location="cpu", weights_only=True), dtype=np.int64)
+    except Exception:
+        return None
 
 
 @torch.no_grad()
@@ -264,7 +258,7 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     dev = None
     for key, ph, label in (("phase_i", "phase_i", "before: Phase I"),
                            ("phase_iii", "phase_iii", "after: Phase III, FSA")):
-        cm = _saved_confusion(metrics[key], logs[key])
+        cm = _saved_confusion(logs[key])
         if cm is None and compute_confusion:
             ck = workdir / "checkpoints" / ph / config / note / "last.pt"
             if ck.is_file():
