@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     for path in ("on", "off"):
         for seed in a.seeds:
             cfg = load_config(a.config, "phase_i", list(a.overrides) + [f"seed={seed}", f"train.fast_path={path}",
-                                                                         f"train.eval_every=1000000"])
+                                                                         "train.eval_every=1000000"])
             t0 = time.perf_counter()
             res = phase_i.train(cfg, f"{path}-s{seed}", wd, a.device)
             dt = time.perf_counter() - t0

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fsa_lt.config import load_config  # noqa: E402
 from fsa_lt.phases import phase_ii, phase_iii  # noqa: E402
-from fsa_lt.phases.pipeline import COLUMNS, summary_table  # noqa: E402
+from fsa_lt.phases.pipeline import summary_table  # noqa: E402
 
 VARIANTS = [  # (label, variant name, overrides)
     ("FSA, tau_s 0.6 / tau_g 0.4", "tau64", ["extract.tau_s=0.6", "extract.tau_g=0.4"]),

@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,31 @@ def fake_cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10")
     write_fake_cifar10(str(root), n_per_class=60, n_test_per_class=20, seed=0)
     return str(root)
+
+
+class interrupted_phase_i:
+    """Within the block, Phase I's `epoch`-th epoch (1-based) raises KeyboardInterrupt,
+    as a killed run would; the block expects it and restores the real training epoch."""
+
+    def __init__(self, monkeypatch, epoch: int):
+        from fsa_lt.phases import phase_i
+
+        self.mp, self.module, self.real, self.epoch, self.calls = monkeypatch, phase_i, phase_i.train_epoch, epoch, 0
+
+    def _dying(self, *a, **k):
+        self.calls += 1
+        if self.calls == self.epoch:
+            raise KeyboardInterrupt
+        return self.real(*a, **k)
+
+    def __enter__(self):
+        self.mp.setattr(self.module, "train_epoch", self._dying)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.mp.setattr(self.module, "train_epoch", self.real)
+        assert exc_type is KeyboardInterrupt, "the run was not interrupted"
+        return True
 
 
 def tiny_overrides(root: str) -> list[str]:

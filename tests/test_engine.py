@@ -1,5 +1,4 @@
 """Metrics, losses, schedules and checkpoints against hand-computed values."""
-import math
 import pickle
 from types import SimpleNamespace
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, interrupted_phase_i, tiny_overrides
 from fsa_lt.config import load_config
 from fsa_lt.engine.checkpoint import load_checkpoint
 from fsa_lt.errors import CheckpointError
@@ -62,19 +62,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, mo
     extra = ["train.epochs=3", "train.deterministic=true", f"train.fast_path={fast}"]
     phase_i.train(_cfg(fake_cifar10, *extra), "straight", tmp_path, "cpu")
 
-    real = phase_i.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_third_epoch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(phase_i, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_phase_i(monkeypatch, epoch=3):
         phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu")
-    monkeypatch.setattr(phase_i, "train_epoch", real)
     ck = tmp_path / "checkpoints" / "phase_i" / NAME
     assert load_checkpoint(ck / "resumed" / "last.pt")["epoch"] == 2
     phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu", resume=True)

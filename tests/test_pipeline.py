@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import interrupted_phase_i, tiny_overrides
 from fsa_lt.config import load_config
 from fsa_lt.errors import CheckpointError
-from fsa_lt.method import class_activation_maps, head_tail_split, normalize_cams
-from fsa_lt.phases import phase_i, phase_ii, phase_iii, pipeline, store
+from fsa_lt.method import head_tail_split
+from fsa_lt.phases import phase_ii, phase_iii, pipeline, store
 
 NAME = "cifar10-LT_resnet32"
 
@@ -173,19 +173,8 @@ def test_online_variant_over_cached_store(ran):
 
 
 def test_run_resumes_an_interrupted_phase_i(fake_cifar10, tmp_path, monkeypatch):
-    real = phase_i.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(phase_i, "train_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_phase_i(monkeypatch, epoch=2):
         pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=lambda *a: None)
-    monkeypatch.setattr(phase_i, "train_epoch", real)
     out = []
     pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=out.append)
     assert any("resuming" in str(o) for o in out)

@@ -31,7 +31,6 @@ import urllib.request
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
 from .base import InMemoryLT
 
 from fsa_lt.errors import DataError

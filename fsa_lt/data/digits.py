@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from .base import InMemoryLT
 
 from fsa_lt.errors import DataError

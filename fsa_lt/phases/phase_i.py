@@ -17,8 +17,8 @@ from ..engine.run import open_run, seed_everything
 from ..engine.schedule import lr_factor
 from ..engine.trainer import evaluate, train_epoch, unwrap
 from ..errors import CheckpointError, ConfigError
-from .common import (build_model, check_test_classes, checkpoint_path, counts_summary, load_phase_model,
-                     log_metrics, save_confusion_matrix, test_checkpoint, write_metrics)
+from .common import (build_model, check_test_classes, counts_summary, log_metrics, save_confusion_matrix,
+                     test_checkpoint, write_metrics)
 
 PHASE = "phase_i"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -176,8 +177,6 @@ def _finetune(cfg: Config, run, note: str) -> dict:
     if mode == "cached" and index["mode"] != "cached":
         raise ConfigError(f"finetune.mode=cached needs a cached feature store; {folder} was extracted online")
     tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
-    from pathlib import Path
-
     backbone, state = load_phase_model(cfg, Path(index["checkpoint"]), PHASE, K, dev, expect_phase="phase_i")
     backbone.eval()
     for p in backbone.parameters():
