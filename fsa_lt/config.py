@@ -37,6 +37,10 @@ class DatasetConfig:
     # max/min class size of the long-tailed training set (CIFAR, digits); 1 = balanced.
     imb_ratio: float = 100.0
     imb_type: Literal["exp", "step"] = "exp"
+    # Seed of the long-tailed subset (CIFAR, digits: which images are kept, and the digits
+    # train/test split). Separate from `seed` so that a seed study trains on the same
+    # images; 0 is LDAM-DRW's `rand_number`, the subset everybody else uses.
+    subset_seed: int = 0
     # CIFAR: fetch the official archive (md5-checked) when missing and the network allows.
     download: bool = True
     # Checked against the data: a split whose class count differs is an error.
@@ -269,6 +273,7 @@ def validate(cfg: Config, where: str = "config") -> None:
 
     d, t, e, f = cfg.dataset, cfg.train, cfg.extract, cfg.finetune
     need(d.imb_ratio >= 1, "dataset.imb_ratio", f"must be >= 1 (max/min class size), got {d.imb_ratio}")
+    need(d.subset_seed >= 0, "dataset.subset_seed", f"must be >= 0, got {d.subset_seed}")
     need(d.num_classes is None or d.num_classes > 1, "dataset.num_classes", "must be > 1")
     need(d.image_size > 0, "dataset.image_size", "must be positive")
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")

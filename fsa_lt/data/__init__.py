@@ -50,12 +50,12 @@ def build_dataset(cfg, split: str = "train", augment: bool | None = None):
         if d.name == "digits":
             from .digits import DigitsLT
 
-            ds = DigitsLT(root=root, train=train, imb_ratio=d.imb_ratio, imb_type=d.imb_type, seed=cfg.seed)
+            ds = DigitsLT(root=root, train=train, imb_ratio=d.imb_ratio, imb_type=d.imb_type, seed=d.subset_seed)
         else:
             from .cifar import CIFARLT
 
             ds = CIFARLT(root, name=d.name, train=train, imb_ratio=d.imb_ratio if train else 1,
-                         imb_type=d.imb_type, seed=cfg.seed, download=d.download)
+                         imb_type=d.imb_type, seed=d.subset_seed, download=d.download)
         ds.transform = cifar_train_transform(ds.mean, ds.std) if augment else cifar_eval_transform(ds.mean, ds.std)
         return _check_classes(ds, cfg, split)
 

@@ -99,4 +99,6 @@ def environment() -> dict:
             env["git_commit"] = rev.stdout.strip()
     except Exception:
         pass
-    return env
+    # plain JSON types only (torch.__version__ is a str subclass that the weights_only
+    # unpickler refuses), so the record also fits inside a checkpoint
+    return json.loads(json.dumps(env, default=str))

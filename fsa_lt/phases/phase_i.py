@@ -13,6 +13,7 @@ from ..engine import distributed as dist
 from ..engine.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from ..engine.losses import build_loss
 from ..engine.metrics import summarize
+from ..engine.io import environment
 from ..engine.run import open_run, seed_everything
 from ..engine.schedule import lr_factor
 from ..engine.trainer import evaluate, train_epoch, unwrap
@@ -85,7 +86,11 @@ def _train(cfg: Config, run, resume: bool) -> dict:
     fwd_model = torch.compile(model, mode=t.compile_mode) if t.compile else model
 
     ckpt_dir = run.dirs["ckpt"]
-    start, best, history = 0, None, []
+    # history: the evaluated epochs' test metrics; epochs: every epoch's training loss,
+    # accuracy, lr and time (the curves of the report); segments: one entry per start or
+    # resume, with the versions that trained it (a resumed run may span code versions).
+    start, best, history, epochs = 0, None, [], []
+    segments = []
     if resume:
         path = ckpt_dir / "last.pt"
         state = load_checkpoint(path, expect_phase=PHASE)
@@ -96,10 +101,12 @@ def _train(cfg: Config, run, resume: bool) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best, history = state["epoch"], state.get("best"), list(state.get("history") or [])
+        epochs, segments = list(state.get("epochs") or []), list(state.get("segments") or [])
         run.log.info(f"resumed from {path} at epoch {start}")
         if start >= t.epochs:
             run.log.info("nothing left to train")
 
+    segments.append({"start_epoch": start, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()})
     final = None
     for epoch in range(start, t.epochs):
         loader.set_epoch(epoch)
@@ -113,6 +120,7 @@ def _train(cfg: Config, run, resume: bool) -> dict:
         run.scalar("train/acc", s["acc"], epoch + 1)
         run.scalar("train/lr", lr, epoch + 1)
         done = epoch + 1
+        epochs.append({"epoch": done, "loss": s["loss"], "acc": s["acc"], "lr": lr, "seconds": dt})
         if done % t.eval_every == 0 or done == t.epochs:
             cm = evaluate(fwd_model, test_loader, K, dev, amp=t.amp)
             m = summarize(cm, counts, cfg.extract.h_r)
@@ -135,7 +143,7 @@ def _train(cfg: Config, run, resume: bool) -> dict:
             if done % t.checkpoint_every == 0 or done == t.epochs:
                 last = _model_state(model, cfg, counts, done)
                 last.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state(),
-                            best=best, history=history)
+                            best=best, history=history, epochs=epochs, segments=segments)
                 save_checkpoint(ckpt_dir / "last.pt", last)
         dist.barrier()
 
