@@ -25,12 +25,12 @@ import yaml
 from .errors import ConfigError
 
 PHASES = ("phase_i", "phase_ii", "phase_iii")
-DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018")
+DATASETS = ("cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "imagefolder", "csv")
 
 
 @dataclass
 class DatasetConfig:
-    name: Literal["cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018"] = "cifar10"
+    name: Literal["cifar10", "cifar100", "digits", "imagenet_lt", "places_lt", "inat2018", "imagefolder", "csv"] = "cifar10"
     # Folder holding the data set (cifar-10-batches-py/, an image root, ...).
     # None: $FSA_DATA_ROOT, else ./data.
     root: Optional[str] = None
@@ -48,6 +48,11 @@ class DatasetConfig:
     # Image-list data sets (OLTR text lists / iNaturalist JSON), relative to root.
     train_list: Optional[str] = None
     test_list: Optional[str] = None
+    # imagefolder: the split folders under root (root/<train_dir>/<class>/<images>);
+    # None: "train", and "val" (else "test") for evaluation.  csv: the lists are
+    # train_list / test_list (default train.csv / test.csv under root).
+    train_dir: Optional[str] = None
+    test_dir: Optional[str] = None
     image_size: int = 224
     num_workers: int = 4
 
@@ -58,6 +63,12 @@ class ModelConfig:
     # Local file of (e.g. ImageNet-) pretrained weights; nothing is downloaded.
     pretrained: Optional[str] = None
     sync_bn: bool = False
+    # Classifier head: "linear", or "cosine" = scale * cos(pooled feature, w_j), no bias (LDAM-DRW's
+    # NormedLinear), which train.loss=ldam needs. Linear by default: the FSA paper's models are.
+    classifier: Literal["linear", "cosine"] = "linear"
+    # The cosine head's scale s: 30 is LDAM's s (Cao et al. 2019), and since the head applies it,
+    # it is also the softmax temperature at inference, in Phase II's scores and Phase III's loss.
+    cosine_scale: float = 30.0
 
 
 @dataclass
@@ -78,11 +89,26 @@ class TrainConfig:
     lr_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])
     step_size: int = 150
     step_gamma: float = 0.1
-    loss: Literal["ce", "focal", "cb_ce", "cb_focal"] = "ce"
+    loss: Literal["ce", "focal", "cb_ce", "cb_focal", "ldam", "la", "balanced_softmax"] = "ce"
     focal_gamma: float = 1.0
+    # Class-balanced weights (Cui et al. 2019) of cb_ce / cb_focal and of DRW; 0.9999 is the value
+    # LDAM-DRW uses for DRW.
     cb_beta: float = 0.9999
-    # bf16 autocast on CUDA (ignored on CPU).
+    # LDAM: the margin of the rarest class, in cosine units (the others: C / n_j^(1/4)); 0.5 is
+    # the paper's. The scale s is model.cosine_scale (the head applies it).
+    ldam_max_margin: float = 0.5
+    # Logit-adjusted loss: CE(z + la_tau * log prior); 1 is Menon et al.'s default (the value for
+    # which the loss is consistent for the balanced error).
+    la_tau: float = 1.0
+    # Deferred re-weighting (LDAM-DRW): from this 0-based epoch on, the loss weights each sample by
+    # its class's class-balanced weight (cb_beta); None: never. LDAM-DRW: 160 of 200.
+    drw_epoch: Optional[int] = None
+    # bf16 autocast where the device runs bf16 natively: CUDA, and CPUs with AVX-512 BF16 or
+    # AMX (measured 1.49x on a 2-core EPYC for a ResNet-32 step); fp32 elsewhere, said in the log.
     amp: bool = True
+    # CPU without native bf16: "native" runs fp32 there; "always" forces emulated bf16 (slow:
+    # about 10x slower than fp32 on a 2-core EPYC without it), for checking numerics only.
+    amp_cpu: Literal["native", "always"] = "native"
     # GPU-resident data path for in-memory data sets (CIFAR, digits): auto = when it applies.
     fast_path: Literal["auto", "on", "off"] = "auto"
     # torch.compile the model; mode "reduce-overhead" adds CUDA graphs (per-step launch
@@ -135,6 +161,9 @@ class FinetuneConfig:
     # Outputs of a variant (e.g. a threshold sweep) go to <note>-<variant>, beside the
     # default run, reading the same Phase I model and Phase II store.
     variant: str = ""
+    # Seed of Phase III alone (the batch draws, gamma, the fusion's draws); None: `seed`. A set
+    # seed writes to <note>[-<variant>]-fs<seed>, so several Phase III seeds share one Phase I.
+    seed: Optional[int] = None
     eval_every: int = 800
     save_every: int = 1600
 
@@ -272,10 +301,17 @@ def validate(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"{where}: '{key}' {msg}")
 
     d, t, e, f = cfg.dataset, cfg.train, cfg.extract, cfg.finetune
+    from .models import is_model, list_models  # the registry: a name is checked before any work
+
+    need(is_model(cfg.model.name), "model.name",
+         f"unknown model {cfg.model.name!r} (known: {', '.join(list_models())})")
     need(d.imb_ratio >= 1, "dataset.imb_ratio", f"must be >= 1 (max/min class size), got {d.imb_ratio}")
     need(d.subset_seed >= 0, "dataset.subset_seed", f"must be >= 0, got {d.subset_seed}")
     need(d.num_classes is None or d.num_classes > 1, "dataset.num_classes", "must be > 1")
     need(d.image_size > 0, "dataset.image_size", "must be positive")
+    for key, val in (("train_dir", d.train_dir), ("test_dir", d.test_dir)):
+        need(val is None or bool(val.strip()), f"dataset.{key}", "must name a folder under dataset.root")
+    need(d.train_dir is None or d.train_dir != d.test_dir, "dataset.test_dir", "must differ from dataset.train_dir")
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}")
     need(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
@@ -288,6 +324,15 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(t.step_size > 0, "train.step_size", "must be positive")
     need(t.focal_gamma >= 0, "train.focal_gamma", "must be >= 0")
     need(0 <= t.cb_beta < 1, "train.cb_beta", "must be in [0, 1)")
+    need(0 < t.ldam_max_margin < float("inf"), "train.ldam_max_margin", f"must be > 0, got {t.ldam_max_margin}")
+    need(0 <= t.la_tau < float("inf"), "train.la_tau", f"must be >= 0, got {t.la_tau}")
+    need(t.drw_epoch is None or 0 <= t.drw_epoch < t.epochs, "train.drw_epoch",
+         f"must be in [0, train.epochs={t.epochs}) or null, got {t.drw_epoch}")
+    need(t.drw_epoch is None or t.loss in ("ce", "ldam", "la", "balanced_softmax"), "train.drw_epoch",
+         f"combines with train.loss ce, ldam, la or balanced_softmax, not {t.loss!r}")
+    need(0 < cfg.model.cosine_scale < float("inf"), "model.cosine_scale", f"must be > 0, got {cfg.model.cosine_scale}")
+    need(t.loss != "ldam" or cfg.model.classifier == "cosine", "train.loss",
+         f"'ldam' needs model.classifier=cosine (LDAM's margins are in cosine units), got {cfg.model.classifier!r}")
     need(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     need(t.eval_every > 0, "train.eval_every", "must be positive")
     need(t.save_every > 0, "train.save_every", "must be positive")
@@ -302,6 +347,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(f.n_t >= 1, "finetune.n_t", "must be >= 1")
     need(1 <= f.n_a <= e.n_f, "finetune.n_a", f"must be in [1, extract.n_f={e.n_f}]")
     need(f.iterations > 0, "finetune.iterations", "must be positive")
+    need(f.seed is None or f.seed >= 0, "finetune.seed", f"must be >= 0, got {f.seed}")
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.eval_every > 0, "finetune.eval_every", "must be positive")
     need(f.save_every > 0, "finetune.save_every", "must be positive")
@@ -384,12 +430,17 @@ def load_config(name_or_path: str, phase: str = "phase_i", overrides: list[str] 
 
 
 def split_phase_overrides(overrides: list[str], phase: str) -> list[str]:
-    """For `fsa-lt run`: keep overrides for all phases and strip ``phase_x.`` from this phase's."""
+    """For `fsa-lt run`: the overrides that apply to `phase`, prefixes stripped.
+
+    Unprefixed overrides apply to every phase; ``phase_x.KEY=V`` applies to phase x and the
+    phases after it (a phase builds on the earlier ones, as its config builds on their files),
+    so ``phase_i.train.epochs=30`` is what Phases II and III record as their Phase I too."""
+    upto = PHASES.index(phase)
     out = []
     for o in overrides:
         head = o.split("=", 1)[0].split(".", 1)[0]
         if head in PHASES:
-            if head == phase:
+            if PHASES.index(head) <= upto:
                 out.append(o.split(".", 1)[1])
         else:
             out.append(o)

@@ -289,3 +289,143 @@ def test_pretrained_backbone_shape_mismatch(tmp_path):
     torch.save(create_model("resnet18", 10).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"do not fit the model: conv1\.weight"):
         create_model("resnet18_cifar", 10, pretrained=path)
+
+
+# ---- the cosine classifier (LDAM-DRW's NormedLinear) --------------------------------------
+
+
+@pytest.mark.parametrize("name,size", [("resnet20", 32), ("resnet18_cifar", 32), ("resnet10", 64)])
+def test_cosine_classifier_option(name, size):
+    from fsa_lt.models import CosineClassifier
+
+    m = create_model(name, 7, classifier="cosine", cosine_scale=20.0).eval()
+    fc = m.get_classifier()
+    assert isinstance(fc, CosineClassifier) and fc is m.fc and fc.scale == 20.0
+    assert fc.weight.shape == (7, m.num_features)  # K x C, like nn.Linear.weight
+    assert [n for n, _ in fc.named_parameters()] == ["weight"]  # no bias
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        fmap = m.forward_features(x)
+        logits = m.forward_head(fmap)
+        torch.testing.assert_close(m(x), logits)
+        # by hand: 20 * <x/|x|, w_j/|w_j|>
+        p = fmap.mean(dim=(2, 3)).double()
+        w = fc.weight.double()
+        expect = 20.0 * (p / p.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T
+        torch.testing.assert_close(logits.double(), expect, rtol=1e-5, atol=1e-5)
+        assert logits.abs().max() <= 20.0 + 1e-4
+
+
+def test_cosine_init_is_ldam_drws():
+    from fsa_lt.models import CosineClassifier
+
+    # LDAM-DRW's NormedLinear(in, out): Parameter(in x out).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+    torch.manual_seed(7)
+    ref = torch.empty(64, 10).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+    torch.manual_seed(7)
+    head = CosineClassifier(64, 10)
+    torch.testing.assert_close(head.weight.detach(), ref.t(), rtol=0, atol=0)
+    # every class vector of unit length (to renorm's 1e-7 slack)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10), rtol=0, atol=1e-5)
+    # and their forward: F.normalize(x).mm(F.normalize(W, dim=0)), times s
+    x = torch.randn(4, 64)
+    ref_out = torch.nn.functional.normalize(x, dim=1).mm(torch.nn.functional.normalize(ref, dim=0))
+    torch.testing.assert_close(head(x), 30.0 * ref_out)
+
+
+def test_reset_classifier_keeps_the_kind():
+    from fsa_lt.models import CosineClassifier
+
+    m = create_model("resnet20", 10, classifier="cosine", cosine_scale=16.0)
+    old = m.fc
+    m.reset_classifier(3)
+    assert isinstance(m.fc, CosineClassifier) and m.fc is not old
+    assert (m.fc.in_features, m.fc.out_features, m.fc.scale) == (64, 3, 16.0)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    fresh = m.new_classifier(5)
+    assert isinstance(fresh, CosineClassifier) and m.fc.out_features == 3  # new_classifier changes nothing
+    lin = create_model("resnet20", 10)
+    lin.reset_classifier(4)
+    assert type(lin.fc) is nn.Linear and torch.count_nonzero(lin.fc.bias) == 0  # its own init kept
+
+
+def test_cosine_state_dict_round_trip_and_mismatch(tmp_path):
+    src = create_model("resnet20", 10, classifier="cosine").eval()
+    assert "fc.weight" in src.state_dict() and "fc.bias" not in src.state_dict()
+    dst = create_model("resnet20", 10, classifier="cosine").eval()
+    dst.load_state_dict(src.state_dict())  # strict
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    # a cosine state dict does not fit a linear model (no fc.bias): the mismatch is caught
+    with pytest.raises(RuntimeError, match="fc.bias"):
+        create_model("resnet20", 10).load_state_dict(src.state_dict())
+    # pretrained loading: the whole model, or the backbone only for another class count
+    path = tmp_path / "cos.pt"
+    torch.save(src.state_dict(), path)
+    same = create_model("resnet20", 10, pretrained=path, classifier="cosine").eval()
+    torch.testing.assert_close(same(x), src(x))
+    other = create_model("resnet20", 4, pretrained=path, classifier="cosine")
+    assert other.pretrained_report.skipped == ["fc.weight"]
+
+
+def test_cosine_head_runs_in_float32_under_autocast():
+    m = create_model("resnet20", 5, classifier="cosine").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap = m.forward_features(x)
+        ref = m.forward_head(fmap)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m.forward_head(fmap)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+
+
+def test_classifier_options_are_checked(monkeypatch):
+    from fsa_lt.models import registry
+
+    with pytest.raises(ConfigError, match="model.classifier"):
+        create_model("resnet20", 10, classifier="softmax")
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError, match="model.cosine_scale"):
+            create_model("resnet20", 10, classifier="cosine", cosine_scale=bad)
+    # a model without the classifier mixin (registered for this test only)
+    monkeypatch.setitem(registry._MODELS, "_plain_linear_for_test", lambda num_classes: nn.Linear(3, num_classes))
+    with pytest.raises(ConfigError, match="model.classifier: model '_plain_linear_for_test'"):
+        create_model("_plain_linear_for_test", 2, classifier="cosine")
+
+
+def test_build_model_passes_the_classifier_options():
+    from fsa_lt.config import Config
+    from fsa_lt.models import CosineClassifier
+    from fsa_lt.phases.common import build_model
+
+    cfg = Config()
+    cfg.model.name, cfg.model.classifier, cfg.model.cosine_scale = "resnet20", "cosine", 12.0
+    m = build_model(cfg, 4, torch.device("cpu"), pretrained=False)
+    assert isinstance(m.fc, CosineClassifier) and m.fc.scale == 12.0 and m.fc.out_features == 4
+    cfg.model.classifier = "linear"
+    assert type(build_model(cfg, 4, torch.device("cpu"), pretrained=False).fc) is nn.Linear
+
+
+def test_cams_ignore_the_class_vector_norms():
+    """For a cosine head the CAM should use w_j / |w_j|; after min-max normalisation the
+    CAM of w_j and of w_j / |w_j| (a positive factor per class) are the same."""
+    from fsa_lt.method import class_activation_maps, normalize_cams
+
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.rand(6, 8, 4, 4, generator=g)
+    w = torch.randn(5, 8, generator=g) * torch.tensor([0.1, 1.0, 3.0, 7.0, 20.0])[:, None]
+    y = torch.tensor([0, 1, 2, 3, 4, 2])
+    raw = normalize_cams(class_activation_maps(fmap, w, y))
+    unit = normalize_cams(class_activation_maps(fmap, w / w.norm(dim=1, keepdim=True), y))
+    torch.testing.assert_close(raw, unit, rtol=1e-5, atol=1e-6)
+    # not a vacuous check: the un-normalised maps do differ
+    assert not torch.allclose(class_activation_maps(fmap, w, y),
+                              class_activation_maps(fmap, w / w.norm(dim=1, keepdim=True), y))
+    # the head's normalized_weight() gives those unit rows
+    from fsa_lt.models import CosineClassifier
+
+    head = CosineClassifier(8, 5)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    torch.testing.assert_close(head.normalized_weight(), w / w.norm(dim=1, keepdim=True))

@@ -3,10 +3,13 @@
 Every model has ``num_features``, ``forward_features(x)`` (final map B x C x H x W),
 ``forward_head(fmap, pre_logits=False)`` (global average pooling, then ``fc``),
 ``get_classifier()`` and ``reset_classifier(num_classes)``, and
-``forward(x) == forward_head(forward_features(x))``.
+``forward(x) == forward_head(forward_features(x))``.  The classifier is ``nn.Linear`` or,
+with ``create_model(..., classifier="cosine")``, a `CosineClassifier` (LDAM's head).
 """
 
+from .heads import CosineClassifier
 from .registry import (
+    CLASSIFIERS,
     PretrainedReport,
     create_model,
     is_model,
@@ -21,6 +24,8 @@ from .resnet import ResNet
 
 __all__ = [
     "create_model",
+    "CLASSIFIERS",
+    "CosineClassifier",
     "list_models",
     "is_model",
     "register_model",

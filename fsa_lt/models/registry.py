@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ import torch.nn as nn
 from fsa_lt.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "CLASSIFIERS",
     "register_model",
     "create_model",
     "list_models",
@@ -63,11 +65,22 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
+CLASSIFIERS = ("linear", "cosine")
+
+
 def create_model(
-    name: str, num_classes: int, pretrained: str | os.PathLike | None = None, **kwargs
+    name: str,
+    num_classes: int,
+    pretrained: str | os.PathLike | None = None,
+    classifier: str = "linear",
+    cosine_scale: float = 30.0,
+    **kwargs,
 ) -> nn.Module:
     """Build the model registered as `name` with a `num_classes`-way classifier.
 
+    `classifier`: "linear" (``nn.Linear``, what the factory builds) or "cosine" (a
+    `fsa_lt.models.heads.CosineClassifier` returning ``cosine_scale * cos(x, w_j)``,
+    LDAM-DRW's ``NormedLinear``); the model's ``reset_classifier`` keeps the kind.
     `pretrained`: path to a local state dict file (see `load_pretrained`); the
     classifier is skipped when its shape does not match.  The load report is kept
     on the model as ``model.pretrained_report`` (None when nothing was loaded).
@@ -77,12 +90,21 @@ def create_model(
         raise ConfigError(f"unknown model '{name}' (known: {', '.join(list_models())})")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model '{name}': num_classes must be a positive integer, got {num_classes!r}")
+    if classifier not in CLASSIFIERS:
+        raise ConfigError(f"model.classifier: {classifier!r} is not one of {', '.join(map(repr, CLASSIFIERS))}")
+    if (isinstance(cosine_scale, bool) or not isinstance(cosine_scale, (int, float))
+            or not math.isfinite(cosine_scale) or cosine_scale <= 0):
+        raise ConfigError(f"model.cosine_scale: must be a positive number, got {cosine_scale!r}")
     fn = _MODELS[name]
     try:
         inspect.signature(fn).bind(num_classes, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model '{name}': bad arguments {sorted(kwargs)}: {e}") from None
     model = fn(num_classes, **kwargs)
+    if classifier == "cosine":
+        if not hasattr(model, "use_cosine_classifier"):
+            raise ConfigError(f"model.classifier: model '{name}' has no cosine classifier option")
+        model.use_cosine_classifier(cosine_scale)
     model.pretrained_report = None
     if pretrained is not None and str(pretrained) != "":
         model.pretrained_report = load_pretrained(model, pretrained)

@@ -19,32 +19,51 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .heads import CosineClassifier
 from .registry import register_model
 
 __all__ = ["FeatureHeadMixin", "BasicBlock", "Bottleneck", "ResNet"]
 
 
 class FeatureHeadMixin:
-    """forward_head / classifier handling shared by all models (expects ``self.fc``)."""
+    """forward_head / classifier handling shared by all models (expects ``self.fc``).
+
+    The classifier is ``nn.Linear`` (the default) or a `CosineClassifier`
+    (``use_cosine_classifier``); `reset_classifier` rebuilds the kind in use.
+    """
 
     num_features: int
-    fc: nn.Linear
+    fc: nn.Module
+    classifier_kind: str = "linear"  # class defaults; use_cosine_classifier sets them per model
+    cosine_scale: float = 30.0
 
     def forward_head(self, fmap: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = fmap.mean(dim=(2, 3))  # global average pooling -> B x C
         return x if pre_logits else self.fc(x)
 
-    def get_classifier(self) -> nn.Linear:
+    def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        """A freshly initialised ``num_features -> num_classes`` head of the kind in use, beside ``fc``
+        (same device and dtype; the model's own initialisation); the model is not changed."""
+        where = dict(device=self.fc.weight.device, dtype=self.fc.weight.dtype)
+        if self.classifier_kind == "cosine":
+            return CosineClassifier(self.num_features, num_classes, self.cosine_scale).to(**where)
+        fc = nn.Linear(self.num_features, num_classes).to(**where)
+        self._init_classifier(fc)
+        return fc
+
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` layer."""
-        old = self.fc
-        self.fc = nn.Linear(self.num_features, num_classes).to(
-            device=old.weight.device, dtype=old.weight.dtype
-        )
-        self._init_classifier(self.fc)
+        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` head of the same kind."""
+        self.fc = self.new_classifier(num_classes)
         self.num_classes = num_classes
+
+    def use_cosine_classifier(self, scale: float = 30.0) -> None:
+        """Switch to a freshly initialised cosine classifier (LDAM's ``NormedLinear``), ``scale * cos``."""
+        self.classifier_kind = "cosine"
+        self.cosine_scale = float(scale)
+        self.reset_classifier(self.fc.out_features)
 
     def _init_classifier(self, fc: nn.Linear) -> None:  # default nn.Linear init
         pass
