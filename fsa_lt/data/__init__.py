@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..engine import distributed as dist
 
 IN_MEMORY = ("cifar10", "cifar100", "digits")
+OWN_DATA = ("imagefolder", "csv")  # see image_folder.py
 # Standard split files under dataset.root and class counts (the OLTR / iNaturalist releases).
 LIST_DEFAULTS = {
     "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt", 1000),
@@ -62,12 +63,16 @@ def build_dataset(cfg, split: str = "train", augment: bool | None = None):
     from .image_transforms import imagenet_eval_transform, imagenet_train_transform
     from .image_list import inat_dataset, oltr_dataset
 
+    size = d.image_size
+    tf = imagenet_train_transform(size=size) if augment else imagenet_eval_transform(resize=int(round(size * 256 / 224)), size=size)
+    if d.name in OWN_DATA:  # image folders, CSV lists
+        from .image_folder import build_own_dataset
+
+        return _check_classes(build_own_dataset(cfg, split, tf), cfg, split)
     train_file, test_file, k = LIST_DEFAULTS[d.name]
     k = d.num_classes or k
     rel = (d.train_list or train_file) if train else (d.test_list or test_file)
     list_path = Path(rel) if os.path.isabs(rel) else Path(root) / rel
-    size = d.image_size
-    tf = imagenet_train_transform(size=size) if augment else imagenet_eval_transform(resize=int(round(size * 256 / 224)), size=size)
     make = inat_dataset if d.name == "inat2018" else oltr_dataset
     ds = make(root, str(list_path), k, tf, train)
     return _check_classes(ds, cfg, split)
