@@ -1,16 +1,20 @@
 """The `fsa-lt` command and the seed-compatible entry scripts.
 
-    fsa-lt train     --config NAME --note NOTE [--resume] [KEY=VALUE ...]    Phase I
+    fsa-lt train     --config NAME --note NOTE [--resume] [--force] [KEY=VALUE ...]  Phase I
     fsa-lt test      --config NAME --note NOTE [--checkpoint best|last|PATH]  Phase I test
-    fsa-lt extract   --config NAME --note NOTE                                Phase II
-    fsa-lt finetune  --config NAME --note NOTE [--mode train|test]            Phase III
-    fsa-lt run       --config NAME --note NOTE [--force] [--control]          I, II, III
+    fsa-lt extract   --config NAME --note NOTE [--force]                      Phase II
+    fsa-lt finetune  --config NAME --note NOTE [--mode train|test] [--force]  Phase III
+    fsa-lt run       --config NAME --note NOTE [--force] [--control] [--resume]
+                     [--seeds S ...] [--phase-iii-seeds K ...]                I, II, III
     fsa-lt demo                                                               offline demo
     fsa-lt visualize --config NAME --note NOTE                                figures
+    fsa-lt data      --config NAME [--verify] [--out DIR]                     data set profile
 
 Every command takes `--workdir DIR` (default: the current folder), `--device cpu|cuda[:i]`
 and trailing dotted overrides such as `train.epochs=2 dataset.root=/data`.  A user error
-prints one line, ``fsa-lt: error: ...``, and exits non-zero (2 for config errors).
+prints one line, ``fsa-lt: error: ...``, and exits non-zero: 2 for config errors (including
+outputs made with other settings), 3 for data errors, 4 for checkpoint / record errors, 130
+when interrupted (the message names the command that resumes).
 """
 from __future__ import annotations
 
@@ -30,13 +34,29 @@ def _common(p: argparse.ArgumentParser, config_required: bool = True, note_defau
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
 
 
+_FORCE = "replace finished (or interrupted) outputs of this note made with other settings; the old ones stay until the new run finishes"
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of this config/note from last.pt (an error if there is none)")
+    p.add_argument("--force", action="store_true", help=_FORCE)
+
+
+def _seed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, nargs="*", default=None, metavar="S",
+                   help="run the whole pipeline once per seed, under <note>-s<S>, and summarise mean ± std")
+    p.add_argument("--phase-iii-seeds", type=int, nargs="*", default=None, metavar="K",
+                   help="repeat Phase III (and the control) over one Phase I model with finetune.seed=K, under <note>-fs<K>")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsa-lt", description="Feature Space Augmentation for long-tailed data")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="Phase I: train the network on the long-tailed set")
     _common(p)
-    p.add_argument("--resume", action="store_true", help="continue from last.pt of this config/note")
+    _train_flags(p)
 
     p = sub.add_parser("test", help="Phase I: evaluate a checkpoint")
     _common(p)
@@ -44,21 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="Phase II: CAMs, decomposition, confusing classes, feature store")
     _common(p)
+    p.add_argument("--force", action="store_true", help=_FORCE)
 
     p = sub.add_parser("finetune", help="Phase III: fine-tune the classifier with feature-space augmentation")
     _common(p)
     p.add_argument("--mode", choices=("train", "test"), default="train")
     p.add_argument("--checkpoint", default="best", help="test mode: best, last, or a path")
+    p.add_argument("--force", action="store_true", help=_FORCE)
 
     p = sub.add_parser("run", help="Phases I, II and III in order, then a summary table")
     _common(p)
-    p.add_argument("--force", action="store_true", help="rerun phases whose outputs are complete")
+    p.add_argument("--force", action="store_true", help="redo every phase, replacing finished outputs when the new ones are done")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (what rerunning the same command does anyway)")
     p.add_argument("--control", action="store_true",
                    help="also run Phase III with the augmentation off (the paper's 'No Aug' control)")
+    _seed_flags(p)
 
     p = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits, offline, in minutes on a CPU")
     _common(p, config_required=False, note_default="demo")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="*", default=None, metavar="S",
+                   help="Phase I seeds, each end to end (default: 0 1 2)")
+
+    p = sub.add_parser("data", help="long-tail profile of the configured data set (no training)")
+    p.add_argument("--config", required=True,
+                   help="experiment name (configs/<phase>/NAME.yaml) or a path to a YAML file")
+    p.add_argument("--workdir", default=".", help="the default --out is WORKDIR/log/data/<config>/")
+    p.add_argument("--out", default=None, help="folder for profile.json and class_sizes.png")
+    p.add_argument("--verify", action="store_true",
+                   help="open every image: report unreadable files and files with the same content")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. dataset.root=/data")
 
     p = sub.add_parser("visualize", help="CAM / decomposition / synthetic-sample figures of a Phase II run")
     _common(p)
@@ -75,7 +111,7 @@ def dispatch(args) -> int:
 
         cfg = load_config(args.config, "phase_i", args.overrides)
         if cmd == "train":
-            phase_i.train(cfg, args.note, args.workdir, args.device, resume=args.resume)
+            phase_i.train(cfg, args.note, args.workdir, args.device, resume=args.resume, force=args.force)
         else:
             phase_i.test(cfg, args.note, args.workdir, args.device, checkpoint=args.checkpoint)
         return 0
@@ -83,14 +119,14 @@ def dispatch(args) -> int:
         from .phases import phase_ii
 
         cfg = load_config(args.config, "phase_ii", args.overrides)
-        phase_ii.extract(cfg, args.note, args.workdir, args.device)
+        phase_ii.extract(cfg, args.note, args.workdir, args.device, force=args.force)
         return 0
     if cmd == "finetune":
         from .phases import phase_iii
 
         cfg = load_config(args.config, "phase_iii", args.overrides)
         if args.mode == "train":
-            phase_iii.finetune(cfg, args.note, args.workdir, args.device)
+            phase_iii.finetune(cfg, args.note, args.workdir, args.device, force=args.force)
         else:
             phase_iii.test(cfg, args.note, args.workdir, args.device, checkpoint=args.checkpoint)
         return 0
@@ -99,8 +135,13 @@ def dispatch(args) -> int:
 
         if cmd == "demo":
             return pipeline.demo(args)
-        pipeline.run(args.config, args.note, args.workdir, args.device, args.overrides,
-                     force=args.force, control=args.control)
+        pipeline.run(args.config, args.note, args.workdir, args.device, args.overrides, force=args.force,
+                     control=args.control, resume=args.resume, seeds=args.seeds, phase_iii_seeds=args.phase_iii_seeds)
+        return 0
+    if cmd == "data":
+        from .data.profile import run_profile
+
+        run_profile(args.config, args.overrides, workdir=args.workdir, out=args.out, verify=args.verify)
         return 0
     if cmd == "visualize":
         from .viz.figures import visualize
@@ -111,16 +152,28 @@ def dispatch(args) -> int:
     raise AssertionError(cmd)
 
 
-def main(argv: list[str] | None = None) -> int:
+def resume_command(command: str, words: list[str], prog: str = "fsa-lt") -> str:
+    """The command that continues an interrupted one: the same line (plus --resume for training)."""
+    words = list(words)
+    if command == "train" and "--resume" not in words:
+        words.append("--resume")
+    return " ".join([prog] + [w if w and " " not in w else repr(w) for w in words])
+
+
+def main(argv: list[str] | None = None, prog: str = "fsa-lt", shown_argv: list[str] | None = None) -> int:
+    """`shown_argv`: the words after `prog` as the user typed them (the seed scripts differ)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)
     except FsaError as exc:
-        msg = str(exc).replace("\n", " ")
+        msg = " ".join(str(exc).split())
         print(f"fsa-lt: error: {msg}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("fsa-lt: interrupted (resume with --resume)", file=sys.stderr)
+        what = {"train": "resume it with", "run": "resume it with"}.get(args.command, "rerun it with")
+        print(f"fsa-lt: interrupted; {what}: {resume_command(args.command, argv if shown_argv is None else shown_argv, prog)}",
+              file=sys.stderr)
         return 130
     finally:
         from .engine import distributed as dist
@@ -128,10 +181,36 @@ def main(argv: list[str] | None = None) -> int:
         dist.cleanup()
 
 
+def _seed_script_parser(phase: str) -> argparse.ArgumentParser:
+    """The parser of a seed script, for its --help (same flags as the subcommands)."""
+    prog = {"phase_i": "phase_i_train_or_test.py", "phase_ii": "phase_ii_extract_feature.py",
+            "phase_iii": "phase_iii_train_or_test.py"}[phase]
+    p = argparse.ArgumentParser(prog=prog, description={
+        "phase_i": "Phase I: train the network on the long-tailed set (--mode train) or test a checkpoint (--mode test).",
+        "phase_ii": "Phase II: CAMs, decomposition, confusing classes and the feature store of a finished Phase I.",
+        "phase_iii": "Phase III: fine-tune the classifier with feature-space augmentation (--mode train) or test it."}[phase])
+    _common(p)
+    if phase == "phase_ii":
+        p.add_argument("--force", action="store_true", help=_FORCE)
+        return p
+    p.add_argument("--mode", choices=("train", "test"), default="train")
+    p.add_argument("--checkpoint", default="best", help="test mode: best, last, or a path (default: best)")
+    if phase == "phase_i":
+        _train_flags(p)
+    else:
+        p.add_argument("--force", action="store_true", help=_FORCE)
+    return p
+
+
 def seed_script(phase: str, argv: list[str] | None = None) -> int:
     """The seed's entry scripts: phase_i_train_or_test.py, phase_ii_extract_feature.py,
-    phase_iii_train_or_test.py. Same flags as the subcommands."""
+    phase_iii_train_or_test.py. Same flags as the subcommands, plus --mode for I and III."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _seed_script_parser(phase)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    prog, typed = f"python {parser.prog}", list(argv)
     if phase == "phase_i":
         mode = "train"
         if "--mode" in argv:
@@ -139,12 +218,15 @@ def seed_script(phase: str, argv: list[str] | None = None) -> int:
             mode = argv[i + 1] if i + 1 < len(argv) else ""
             del argv[i:i + 2]
         if mode not in ("train", "test"):
-            print("fsa-lt: error: --mode must be train or test", file=sys.stderr)
+            print(f"{parser.prog}: error: --mode must be train or test", file=sys.stderr)
             return 2
-        return main([mode] + argv)
+        if mode == "test" and "--resume" in argv:
+            print(f"{parser.prog}: error: --resume applies to --mode train", file=sys.stderr)
+            return 2
+        return main([mode] + argv, prog=prog, shown_argv=typed)
     if phase == "phase_ii":
-        return main(["extract"] + argv)
-    return main(["finetune"] + argv)
+        return main(["extract"] + argv, prog=prog, shown_argv=typed)
+    return main(["finetune"] + argv, prog=prog, shown_argv=typed)
 
 
 if __name__ == "__main__":

@@ -93,8 +93,9 @@ def test_phase_files_merge_in_order(tmp_path):
 def test_split_phase_overrides():
     o = ["phase_i.train.epochs=2", "phase_iii.finetune.iterations=5", "seed=1"]
     assert split_phase_overrides(o, "phase_i") == ["train.epochs=2", "seed=1"]
-    assert split_phase_overrides(o, "phase_iii") == ["finetune.iterations=5", "seed=1"]
-    assert split_phase_overrides(o, "phase_ii") == ["seed=1"]
+    # a phase_i. override binds the later phases too (they record the Phase I they build on)
+    assert split_phase_overrides(o, "phase_ii") == ["train.epochs=2", "seed=1"]
+    assert split_phase_overrides(o, "phase_iii") == ["train.epochs=2", "finetune.iterations=5", "seed=1"]
 
 
 def test_data_root_env(monkeypatch):

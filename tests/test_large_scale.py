@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fsa_lt.errors import ConfigError
 import torch
 
 from conftest import ROOT
@@ -138,7 +140,7 @@ def _check_phase_outputs(work: Path, note: str, mode: str, phase_i_done: bool = 
         for f in ("log.txt", "config.yaml", "environment.json", "metrics.json"):
             assert (log / f).is_file(), f
         m = _json(log / "metrics.json")
-        assert set(m) == {"final", "best", "history"}
+        assert set(m) == {"final", "best", "history", "epochs"}
         assert METRIC_KEYS <= set(m["final"]) and m["final"]["num_test"] == sum(TEST_COUNTS)
         assert [h["epoch"] for h in m["history"]] == [1, 2]
     feat = work / "feature" / NAME / note
@@ -161,19 +163,26 @@ def _check_phase_outputs(work: Path, note: str, mode: str, phase_i_done: bool = 
     return index, m3
 
 
-def test_oltr_pipeline_cached_then_online(single, data_root):
+def test_oltr_pipeline_cached_then_online(single, data_root, tmp_path):
     work, payload, lines = single
+    shutil.copytree(work, tmp_path / "w")  # the shared fixture stays as it was made
+    work, lines = tmp_path / "w", list(lines)
     _check_phase_outputs(work, "ref", "cached")
     assert [r["model"] for r in payload["rows"]] == ["Phase I (plain training)", "Phase III, FSA"]
     assert (work / "log" / "run" / NAME / "ref" / "summary.md").is_file()
     state = load_checkpoint(work / "checkpoints" / "phase_iii" / NAME / "ref" / "last.pt", expect_phase="phase_iii")
     assert state["mode"] == "cached" and state["iteration"] == 20
 
-    # online mode on the same note: Phase I is reused, Phase II/III are redone without a store
+    # online mode on the same note is a change of setting: refused, naming the key, before any work
+    with pytest.raises(ConfigError, match="extract.mode: cached -> online.*--force"):
+        pipeline.run(NAME, "ref", work, "cpu", tiny(data_root, "extract.mode=online"), print_fn=lines.append)
+    # with --force Phase I (same settings) is reused, Phase II/III are replaced, without a store
     lines.clear()
-    payload = pipeline.run(NAME, "ref", work, "cpu", tiny(data_root, "extract.mode=online"), print_fn=lines.append)
-    assert any("phase_i: complete outputs found" in x for x in lines)
+    payload = pipeline.run(NAME, "ref", work, "cpu", tiny(data_root, "extract.mode=online"), force=True,
+                           print_fn=lines.append)
+    assert any("[phase_i]" in x and "reusing them" in x for x in lines)
     assert set(payload["times_s"]) == {"phase_ii", "phase_iii"}
+    assert not list((work / "feature" / NAME).glob("*.staging"))  # swapped into place
     index, m3 = _check_phase_outputs(work, "ref", "online")
     state = load_checkpoint(work / "checkpoints" / "phase_iii" / NAME / "ref" / "last.pt", expect_phase="phase_iii")
     assert state["mode"] == "online"
@@ -206,22 +215,33 @@ def test_inat_json_three_phases_online(data_root, tmp_path):
 
 # ------------------------------------------------------------------------------ two processes
 DRIVER = """
-import json, sys
+import json, os, sys
 import torch
 torch.set_num_threads(1)
 from fsa_lt import cli
 from fsa_lt.engine import distributed as dist
 # Several `fsa-lt` commands in one torchrun launch (one process group for all of them).
+# "!error": the command must fail with a user error; "!interrupt": it is interrupted after
+# Phase I's first epoch (the fault-injection hook), as Ctrl-C would.
 from fsa_lt.errors import FsaError
 try:
     for argv in json.load(open(sys.argv[1])):
-        expect_error = argv[0] == "!error"
+        tag = argv[0] if argv[0].startswith("!") else ""
+        if tag == "!interrupt":
+            os.environ["FSA_LT_FAULT"] = "interrupt_after_epoch:1"
         try:
-            cli.dispatch(cli.build_parser().parse_args(argv[1:] if expect_error else argv))
+            cli.dispatch(cli.build_parser().parse_args(argv[1:] if tag else argv))
+            assert not tag, f"{argv} should not have finished"
         except FsaError as exc:
-            if not expect_error:
+            if tag != "!error":
                 raise
             print(f"expected error on rank {dist.rank()}: {exc}", flush=True)
+        except KeyboardInterrupt:
+            if tag != "!interrupt":
+                raise
+            print(f"interrupted on rank {dist.rank()}", flush=True)
+        finally:
+            os.environ.pop("FSA_LT_FAULT", None)
 finally:
     dist.cleanup()
 """
@@ -229,15 +249,15 @@ finally:
 
 @pytest.fixture(scope="module")
 def ddp(data_root, tmp_path_factory):
-    """One torchrun launch, 2 processes, gloo: Phase I/II/III (cached) on note 'ddp'; a 1-epoch
-    run resumed to 2 epochs plus Phase II/III online on note 'res'."""
+    """One torchrun launch, 2 processes, gloo: Phase I/II/III (cached) on note 'ddp'; a 2-epoch
+    run interrupted after epoch 1 and resumed, plus Phase II/III online, on note 'res'."""
     work = tmp_path_factory.mktemp("ddp")
     c = ["--config", NAME, "--workdir", str(work), "--device", "cpu"]
     ov = tiny(data_root)
     steps = [["train", *c, "--note", "ddp", *ov],
              ["extract", *c, "--note", "ddp", *ov],
              ["finetune", *c, "--note", "ddp", *ov],
-             ["train", *c, "--note", "res", *ov, "train.epochs=1"],
+             ["!interrupt", "train", *c, "--note", "res", *ov],
              ["train", *c, "--note", "res", "--resume", *ov],
              ["extract", *c, "--note", "res", *ov, "extract.mode=online"],
              ["finetune", *c, "--note", "res", *ov, "extract.mode=online"],
@@ -265,7 +285,8 @@ def test_ddp_phase_i_matches_single_within_tolerance(ddp, single):
     # Rank 0 alone writes checkpoints and logs.
     ck = dwork / "checkpoints" / "phase_i" / NAME / "ddp"
     assert sorted(p.name for p in ck.iterdir()) == ["best_model.pt", "last.pt", "model_epoch_0002.pt"]
-    assert out.count("final: top1") == 3  # ddp, res (1 epoch), res (resumed): rank 0 only
+    assert out.count("final: top1") == 2  # ddp, res (resumed): rank 0 only
+    assert out.count("interrupted on rank") == 2  # both ranks stopped at the same epoch
     # Every test image counted once (no DistributedSampler padding), metrics gathered from both ranks.
     md = _json(dwork / "log" / "phase_i" / NAME / "ddp" / "metrics.json")
     ms = _json(swork / "log" / "phase_i" / NAME / "ref" / "metrics.json")
@@ -292,9 +313,10 @@ def test_ddp_phase_i_matches_single_within_tolerance(ddp, single):
 
 def test_ddp_phase_ii_store_matches_single(ddp, data_root, tmp_path):
     dwork, _ = ddp
-    # the same Phase I checkpoint, extracted by one process
+    # the same finished Phase I (checkpoints and record), extracted by one process
     src = dwork / "checkpoints" / "phase_i" / NAME / "ddp"
     shutil.copytree(src, tmp_path / "checkpoints" / "phase_i" / NAME / "ddp")
+    shutil.copytree(dwork / "log" / "phase_i" / NAME / "ddp", tmp_path / "log" / "phase_i" / NAME / "ddp")
     cfg = load_config(NAME, "phase_ii", tiny(data_root))
     phase_ii.extract(cfg, "ddp", tmp_path, "cpu")
     fd, fs = dwork / "feature" / NAME / "ddp", tmp_path / "feature" / NAME / "ddp"
@@ -344,7 +366,12 @@ def test_ddp_resume_matches_uninterrupted(ddp):
     assert full["history"] == res["history"]
     mf = _json(dwork / "log" / "phase_i" / NAME / "ddp" / "metrics.json")
     mr = _json(dwork / "log" / "phase_i" / NAME / "res" / "metrics.json")
+    for m in (mf, mr):  # the wall time of each epoch differs between runs; all else is equal
+        for e in m["epochs"]:
+            e.pop("seconds")
     assert mf == mr
+    segs = _json(dwork / "log" / "phase_i" / NAME / "res" / "record.json")["segments"]
+    assert [s["start_epoch"] for s in segs] == [0, 1]  # trained in two sittings, both recorded
     # Phase II/III online under torchrun, from the resumed model
     idx = store.read_index(dwork / "feature" / NAME / "res")
     assert idx["mode"] == "online" and idx["shards"] == []
@@ -383,24 +410,31 @@ CASES = ["missing_image", "label_out_of_range", "class_without_image", "num_clas
 
 
 def test_malformed_inputs_one_line_error_no_checkpoint(data_root, single, tmp_path):
-    """Each defect through `fsa-lt train`; two also through `extract` and `finetune`, whose data
-    checks come after the Phase I checkpoint / feature store lookups (so those are provided)."""
+    """Each defect through `fsa-lt train`; two also through `extract` and `finetune` over the
+    finished earlier phases of the same settings, the data having changed on disk since (the
+    same lists under another dataset.root, which is not a setting: where the data lie)."""
     bad = {case: _bad_data(data_root, case) for case in CASES}
     swork = single[0]
-    jobs = [("train", case, tmp_path / f"train_{case}") for case in CASES]
-    w = tmp_path / "extract_missing_image"
-    shutil.copytree(swork / "checkpoints" / "phase_i", w / "checkpoints" / "phase_i")
-    jobs.append(("extract", "missing_image", w))
-    w = tmp_path / "finetune_label_out_of_range"
-    (w / "feature" / NAME / "ref").mkdir(parents=True)
-    shutil.copy(swork / "feature" / NAME / "ref" / "index.json", w / "feature" / NAME / "ref")
-    jobs.append(("finetune", "label_out_of_range", w))
+    jobs = [("train", case, tmp_path / f"train_{case}", bad[case][0]) for case in CASES]
+    for cmd, case in (("extract", "missing_image"), ("finetune", "label_out_of_range")):
+        w = tmp_path / f"{cmd}_{case}"
+        upto = ("phase_i",) if cmd == "extract" else ("phase_i", "phase_ii")  # the phase itself has not run
+        for ph in upto:
+            for top in ("checkpoints", "log"):
+                if (swork / top / ph).exists():
+                    shutil.copytree(swork / top / ph, w / top / ph)
+        if cmd == "finetune":
+            shutil.copytree(swork / "feature", w / "feature")
+        moved = tmp_path / f"root_{case}"
+        shutil.copytree(data_root, moved, ignore=shutil.ignore_patterns("bad"))
+        shutil.copy(data_root / "bad" / case / "train.txt", moved / "ImageNet_LT_train.txt")
+        jobs.append((cmd, case, w, [f"dataset.root={moved}"]))
     procs = []
-    for cmd, case, w in jobs:  # all at once: most of each is the interpreter and torch starting
+    for cmd, case, w, extra in jobs:  # all at once: most of each is the interpreter and torch starting
         w.mkdir(parents=True, exist_ok=True)
         before = sorted(w.rglob("*.pt"))
         argv = [sys.executable, "-m", "fsa_lt.cli", cmd, "--config", NAME, "--note", "ref", "--workdir", str(w),
-                "--device", "cpu", *tiny(data_root), *bad[case][0]]
+                "--device", "cpu", *tiny(data_root), *extra]
         procs.append((cmd, case, w, before, subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                                              stderr=subprocess.PIPE, text=True)))
     for cmd, case, w, before, p in procs:
@@ -410,3 +444,5 @@ def test_malformed_inputs_one_line_error_no_checkpoint(data_root, single, tmp_pa
         assert len(lines) == 1 and lines[0].startswith("fsa-lt: error: "), (cmd, case, err[-2000:])
         assert bad[case][1] in lines[0], (cmd, case, lines[0])
         assert sorted(w.rglob("*.pt")) == before, (cmd, case)  # no checkpoint, no store
+        if cmd == "train":
+            assert not any(w.iterdir()), (cmd, case)  # not even an empty run folder

@@ -39,13 +39,27 @@ def test_run_layout_and_summary(ran):
     assert store.is_complete(wd / "feature" / NAME / "e2e")
     summary = json.loads((wd / "log/run" / NAME / "e2e/summary.json").read_text())
     assert [r["model"] for r in summary["rows"]] == ["Phase I (plain training)",
-                                                     "Phase III, augmentation off (No-Aug control)", "Phase III, FSA"]
+                                                     "Phase III, augmentation off (No-Aug control)", "Phase III, FSA",
+                                                     "FSA minus control (paired by Phase III seed)"]
     md = (wd / "log/run" / NAME / "e2e/summary.md").read_text()
-    assert "| Phase III, FSA |" in md and "| top1 | many | medium | few | head | tail |" in md
+    assert "| Phase III, FSA | 1 |" in md and "| model | n | top1 | many | medium | few | head | tail |" in md
     assert "| Phase III, FSA |" in printed
-    # Phase I row equals Phase I's own metrics.json
+    # every row is read from the run it names
+    rows = {r["key"]: r for r in summary["rows"]}
+    assert rows["fsa"]["runs"] == ["e2e"] and rows["control"]["runs"] == ["e2e-noaug"]
     m1 = json.loads((wd / "log/phase_i" / NAME / "e2e/metrics.json").read_text())["final"]
-    assert summary["rows"][0]["top1"] == m1["top1"]
+    mf = json.loads((wd / "log/phase_iii" / NAME / "e2e/metrics.json").read_text())["final"]
+    mc = json.loads((wd / "log/phase_iii" / NAME / "e2e-noaug/metrics.json").read_text())["final"]
+    assert rows["phase_i"]["top1"] == m1["top1"] and rows["fsa"]["top1"] == mf["top1"]
+    assert rows["fsa_minus_control"]["top1"] == pytest.approx(mf["top1"] - mc["top1"])
+    # head / tail of every row on the store's split, from the per-class accuracies
+    index = store.read_index(wd / "feature" / NAME / "e2e")
+    pc = np.array(m1["per_class"])
+    assert rows["phase_i"]["tail"] == pytest.approx(pc[index["tail"]].mean())
+    # a finished phase has its record, and no pending marker
+    for ph, n in (("phase_i", "e2e"), ("phase_ii", "e2e"), ("phase_iii", "e2e"), ("phase_iii", "e2e-noaug")):
+        d = wd / "log" / ph / NAME / n
+        assert (d / "record.json").is_file() and not (d / "pending.json").exists()
 
 
 def test_store_contents_match_independent_computation(ran):
@@ -111,16 +125,17 @@ def test_rerun_reuses_complete_phases(ran):
     out = []
     pipeline.run(NAME, "e2e", wd, "cpu", _overrides(root), control=True, print_fn=out.append)
     text = "\n".join(map(str, out))
-    assert text.count("reusing") == 3
+    assert text.count("reusing them") == 4  # Phase I, II, III and the control
 
 
 def test_phase_ii_without_phase_i_is_a_clear_error(fake_cifar10, tmp_path):
     cfg = load_config(NAME, "phase_ii", _overrides(fake_cifar10))
-    with pytest.raises(CheckpointError, match="Phase I checkpoint not found"):
+    with pytest.raises(CheckpointError, match="Phase I of cifar10-LT_resnet32 / none has not been run: run fsa-lt train"):
         phase_ii.extract(cfg, "none", tmp_path, "cpu")
     cfg3 = load_config(NAME, "phase_iii", _overrides(fake_cifar10))
-    with pytest.raises(CheckpointError, match="feature store not found"):
+    with pytest.raises(CheckpointError, match="Phase I of cifar10-LT_resnet32 / none has not been run"):
         phase_iii.finetune(cfg3, "none", tmp_path, "cpu")
+    assert not any(tmp_path.iterdir())  # nothing made
 
 
 def test_class_ids_not_in_frequency_order(ran, monkeypatch):
@@ -144,10 +159,14 @@ def test_class_ids_not_in_frequency_order(ran, monkeypatch):
     st["model"]["fc.weight"] = src["model"]["fc.weight"][inv]
     st["model"]["fc.bias"] = src["model"]["fc.bias"][inv]
     st["class_counts"] = src["class_counts"][inv]
-    save_checkpoint(wd / "checkpoints/phase_i" / NAME / "perm/last.pt", st)
+    path = save_checkpoint(wd / "checkpoints/phase_i" / NAME / "perm/last.pt", st)
     monkeypatch.setattr(phase_ii, "build_dataset", permuted)
     cfg = load_config(NAME, "phase_ii", _overrides(root))
-    phase_ii.extract(cfg, "perm", wd, "cpu")
+    from fsa_lt.phases import records
+
+    rec = dict(records.read_record(wd / "log/phase_i" / NAME / "e2e"))  # stands for a Phase I run of "perm"
+    rec["outputs"] = {"last.pt": records.file_output(wd, path)}
+    phase_ii.extract(cfg, "perm", wd, "cpu", upstream={"phase_i": rec})
     index = store.read_index(wd / "feature" / NAME / "perm")
     orig = store.read_index(wd / "feature" / NAME / "e2e")
     assert sorted(index["head"]) == sorted(perm[orig["head"]].tolist())
@@ -175,9 +194,10 @@ def test_online_variant_over_cached_store(ran):
 def test_run_resumes_an_interrupted_phase_i(fake_cifar10, tmp_path, monkeypatch):
     with interrupted_phase_i(monkeypatch, epoch=2):
         pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=lambda *a: None)
+    assert not (tmp_path / "log/phase_i" / NAME / "int/record.json").exists()  # interrupted: not complete
     out = []
     pipeline.run(NAME, "int", tmp_path, "cpu", _overrides(fake_cifar10), print_fn=out.append)
-    assert any("resuming" in str(o) for o in out)
+    assert any("resuming it" in str(o) for o in out)
     log = (tmp_path / "log/phase_i" / NAME / "int/log.txt").read_text()
     assert "resumed from" in log and "at epoch 1" in log
     assert json.loads((tmp_path / "log/phase_i" / NAME / "int/metrics.json").read_text())["final"]["epoch"] == 3

@@ -82,8 +82,14 @@ def test_large_confusion_matrix_has_no_cell_text():
 def test_visualize_writes_cam_and_synthetic_figures(tiny_run):
     work, cfg = tiny_run["work"], tiny_run["cfg"]
     index = json.loads((work / "feature" / NAME / NOTE / "index.json").read_text())
-    out = work / "log" / "phase_ii" / NAME / NOTE / "figures"
+    out = work / "log" / "visualize" / NAME / NOTE
     names = sorted(p.name for p in out.glob("*.png"))
+    # its own folder: the Phase II run's record and folder are as the phase left them
+    from fsa_lt.phases import records
+
+    assert not (work / "log" / "phase_ii" / NAME / NOTE / "figures").exists()
+    assert records.inspect_phase(work, "phase_ii", cfg, NOTE).status != "absent"
+    assert records.read_record(work / "log" / "phase_ii" / NAME / NOTE)["outputs"]
     tail = index["tail"]
     assert len(tail) >= 1
     expect_cam = {f"cam_tail_{c:03d}_" for c in tail}
@@ -107,12 +113,12 @@ def test_visualize_online_store(tiny_run, tmp_path):
     from fsa_lt.phases import phase_ii
 
     work = tmp_path
-    src = tiny_run["work"] / "checkpoints" / "phase_i" / NAME / NOTE
-    shutil.copytree(src, work / "checkpoints" / "phase_i" / NAME / "online")
+    for top in ("checkpoints", "log"):  # the finished Phase I, in another work folder
+        shutil.copytree(tiny_run["work"] / top / "phase_i" / NAME / NOTE, work / top / "phase_i" / NAME / NOTE)
     cfg = load_config(NAME, "phase_iii", _overrides(tiny_run["root"]) + ["extract.mode=online"])
-    phase_ii.extract(cfg, "online", work, "cpu")
-    assert not list((work / "feature" / NAME / "online").glob("shard_*.pt"))
-    figs = F.visualize(cfg, "online", work, "cpu", per_class=1, max_tail_classes=1, print_fn=lambda *a: None)
+    phase_ii.extract(cfg, NOTE, work, "cpu")
+    assert not list((work / "feature" / NAME / NOTE).glob("shard_*.pt"))
+    figs = F.visualize(cfg, NOTE, work, "cpu", per_class=1, max_tail_classes=1, print_fn=lambda *a: None)
     assert [p.name for p in figs][-1] == "synthetic.png" and len(figs) == 2
     assert _png(figs[0]) == _expected(F.grid_pixels(1 + cfg.extract.n_f, 4))
 
@@ -139,8 +145,8 @@ def _report(tiny_run):
 
 def test_run_plots_have_fixed_sizes(tiny_run):
     out = tiny_run["work"] / "log" / "run" / NAME / NOTE
-    for name, px in (("per_class_accuracy", F.PER_CLASS_PX), ("confusion_matrices", F.CONFUSION_PX),
-                     ("confusing_classes", F.GRAPH_PX)):
+    for name, px in (("curves", F.CURVES_PX), ("per_class_accuracy", F.PER_CLASS_PX),
+                     ("confusion_matrices", F.CONFUSION_PX), ("confusing_classes", F.GRAPH_PX)):
         assert _png(out / f"{name}.png") == _expected(px) == px, name
 
 
@@ -153,7 +159,7 @@ def test_report_is_self_contained(tiny_run):
     p = _Refs()
     p.feed(text)
     n_phase_ii = len(tiny_run["figures"])
-    assert len(p.imgs) == 3 + n_phase_ii
+    assert len(p.imgs) == 4 + n_phase_ii  # curves, per-class, confusion, graph + visualize's figures
     for img in p.imgs:
         src = img["src"]
         assert src.startswith("data:image/png;base64,")

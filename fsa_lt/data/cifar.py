@@ -22,6 +22,7 @@ Sizes this gives: CIFAR-10-LT 12,406 / 13,996 / 20,431 and CIFAR-100-LT
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickle
 import shutil
@@ -233,10 +234,39 @@ def _str(x) -> str:
     return x.decode("latin1") if isinstance(x, (bytes, bytearray)) else str(x)
 
 
+# What the official "python version" batches hold besides dicts, lists, strings and numbers: numpy
+# arrays (and their dtypes); a protocol-2 pickle written by Python 3 also spells bytes as
+# _codecs.encode(text, 'latin1'). Nothing else is admitted, so a crafted file in a data root cannot
+# run code when a run starts (a plain pickle.load would call whatever the file names).
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _Refused(Exception):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 moved numpy.core
+            module = module.replace("numpy.core.", "numpy._core.", 1)
+        return getattr(importlib.import_module(module), name)
+
+
 def _load_pickle(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="bytes")
+            obj = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as exc:
+        raise DataError(
+            f"{path} is not a CIFAR batch from the official archive: it asks to load {exc}, and a CIFAR batch "
+            "holds only dicts, lists, strings, numbers and numpy arrays; refused without running it"
+        ) from None
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, ...
         raise DataError(
             f"corrupt CIFAR file {path}: {type(exc).__name__}: {exc}".replace("\n", " ")

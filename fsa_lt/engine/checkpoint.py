@@ -9,6 +9,7 @@ tensors, numbers, strings, lists and dicts, so the restricted unpickler of
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,42 @@ def save_checkpoint(path, state: dict) -> Path:
     return torch_save(path, state)
 
 
+def load_error_reason(path: Path, exc: Exception) -> str:
+    """Why `torch.load(path, weights_only=True)` failed, as one whole clause (not PyTorch's
+    multi-paragraph text cut at some length)."""
+    import re
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    text = str(exc)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m or ("Weights only load failed" in text and zipfile.is_zipfile(path)):
+        what = f" (it names {m.group(1)})" if m else ""
+        return ("it holds Python objects other than tensors and plain data" + what +
+                ", so it was not written by fsa-lt; it was refused without running its code")
+    if not zipfile.is_zipfile(path):
+        if "central directory" in text or "zip archive" in text:
+            return f"the file is truncated or corrupt ({size} bytes, its zip archive is incomplete)"
+        return f"it is not a PyTorch checkpoint ({size} bytes, not a zip archive)"
+    first = re.split(r"(?<=[.!?])\s", " ".join(text.split()), maxsplit=1)[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else f"the file is corrupt ({type(exc).__name__})"
+
+
 def load_checkpoint(path, expect_phase: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # PyTorch's pickle-protocol notes: the error says what matters
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_error_reason(path, exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"{path} is not an fsa-lt checkpoint (no '{FORMAT}' format tag)")
     if expect_phase is not None and state.get("phase") != expect_phase:

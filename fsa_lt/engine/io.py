@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import faults
+
 
 def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
@@ -25,6 +27,10 @@ def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
+            if faults.due("kill_in_write"):  # fault injection: die half-way through this file
+                f.write(data[: len(data) // 2])
+                f.flush()
+                faults.kill_now()
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

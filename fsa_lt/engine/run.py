@@ -12,16 +12,15 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import Config, dump_yaml
+from ..config import Config
 from ..errors import ConfigError
 from . import distributed as dist
-from .io import environment, write_json, write_text
 
 
 def run_dirs(workdir, phase: str, config: str, note: str) -> dict[str, Path]:
@@ -77,6 +76,7 @@ class Run:
     dirs: dict
     log: logging.Logger
     tb: object | None
+    created: list = field(default_factory=list)
 
     @property
     def main(self) -> bool:
@@ -96,8 +96,15 @@ class Run:
             self.log.removeHandler(h)
 
 
-def open_run(cfg: Config, phase: str, note: str, workdir, device: str | None, tensorboard: bool = True) -> Run:
-    """Create the folders, the log and the TensorBoard writer; save the resolved config."""
+def open_run(cfg: Config, phase: str, note: str, workdir, device: str | None, tensorboard: bool = True,
+             log_name: str = "log.txt") -> Run:
+    """Create the log folder, the log and the TensorBoard writer of `phase` / `note`.
+
+    Writes nothing else: a phase's config, versions and metrics are its record, written by the
+    phase when it finishes (`fsa_lt.phases.records`); `log_name` lets test mode keep its own log.
+    `run.created` lists the folders this call made, so a run that fails on bad input before it
+    has produced anything can remove them again.
+    """
     workdir = Path(workdir)
     dirs = run_dirs(workdir, phase, cfg.name, note)
     dev = resolve_device(device)
@@ -106,31 +113,49 @@ def open_run(cfg: Config, phase: str, note: str, workdir, device: str | None, te
     logger.setLevel(logging.INFO if main else logging.WARNING)
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    created = []
     if main:
+        for key in ("log", "tb") if tensorboard else ("log",):
+            if not dirs[key].exists():
+                created.append(dirs[key])
         dirs["log"].mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(dirs["log"] / "log.txt")
+        fh = logging.FileHandler(dirs["log"] / log_name)
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     sh = logging.StreamHandler(sys.stdout)
     sh.setFormatter(fmt)
     logger.addHandler(sh)
     tb = None
-    if main:
-        write_text(dirs["log"] / "config.yaml", dump_yaml(cfg))
-        write_json(dirs["log"] / "environment.json", environment())
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    if main and tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(log_dir=str(dirs["tb"]))
+        tb = SummaryWriter(log_dir=str(dirs["tb"]))
     logger.info(f"{phase} | config {cfg.name} ({', '.join(cfg.sources)}) | note {note} | device {dev}"
                 + (f" | world size {dist.world_size()}" if dist.is_distributed() else ""))
-    return Run(cfg, phase, note, workdir, dev, dirs, logger, tb)
+    return Run(cfg, phase, note, workdir, dev, dirs, logger, tb, created)
 
 
-def progress(iterable, total: int, desc: str, enabled: bool = True):
-    """tqdm bar when attached to a terminal (and on rank 0), the bare iterable otherwise."""
-    if enabled and dist.is_main() and sys.stderr.isatty():
+def progress(iterable, total: int, desc: str, enabled: bool = True, log=None, every_s: float = 30.0):
+    """A tqdm bar on a terminal (rank 0); without one (nohup, CI, a log file), a line through
+    `log` at most every `every_s` seconds, so a long CPU epoch shows it is moving."""
+    if not (enabled and dist.is_main()):
+        return iterable
+    if sys.stderr.isatty():
         from tqdm import tqdm
 
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return iterable
+    if log is None:
+        return iterable
+    return _timed_lines(iterable, total, desc, log, every_s)
+
+
+def _timed_lines(iterable, total: int, desc: str, log, every_s: float):
+    t0 = last = time.perf_counter()
+    for i, item in enumerate(iterable):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s and i + 1 < total:
+            last = now
+            rate = (i + 1) / (now - t0)
+            log(f"{desc}: {i + 1}/{total} steps ({100.0 * (i + 1) / total:.0f}%), {now - t0:.0f}s, "
+                f"about {(total - i - 1) / rate:.0f}s left")

@@ -1,12 +1,13 @@
 """One readable training loop and evaluation, shared by the phases.
 
 No host synchronisation inside the step: the loss and accuracy are accumulated on the
-device and read once per epoch.  bf16 autocast on CUDA when asked (no GradScaler needed
-for bf16); channels_last on CUDA.
+device and read once per epoch.  bf16 autocast (no GradScaler needed for bf16) where the
+device runs bf16 natively: CUDA, and CPUs with AVX-512 BF16 or AMX; channels_last.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn as nn
@@ -16,20 +17,75 @@ from .metrics import confusion_matrix
 from .run import progress
 
 
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_native() -> str | None:
+    """The CPU feature that runs bf16 arithmetic natively (``'amx'``, ``'avx512_bf16'``), or None.
+
+    Asks PyTorch (the checks its oneDNN kernels use), and the kernel's CPU flags where those
+    private helpers are missing."""
+    cpu = getattr(torch, "cpu", None)
+    for name, flag in (("_is_amx_tile_supported", "amx"), ("_is_avx512_bf16_supported", "avx512_bf16")):
+        fn = getattr(cpu, name, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return flag
+            except Exception:  # pragma: no cover - a build without the check
+                pass
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if f" {flag}" in flags:
+            return flag
+    return None
+
+
+def amp_mode(train_cfg):
+    """What `autocast` is asked for under a TrainConfig: False, True (where native) or 'always'."""
+    if not train_cfg.amp:
+        return False
+    return "always" if getattr(train_cfg, "amp_cpu", "native") == "always" else True
+
+
+def uses_bf16(device: torch.device, mode) -> bool:
+    if not mode:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (mode == "always" or cpu_bf16_native() is not None)
+
+
+def precision_note(device: torch.device, mode) -> str:
+    """One line for the log and the run's environment: which precision runs, and why."""
+    if not mode:
+        return "fp32 (train.amp is off)"
+    if device.type == "cuda":
+        return "bf16 autocast (CUDA)"
+    native = cpu_bf16_native()
+    if native:
+        return f"bf16 autocast (CPU with native bf16: {native})"
+    if mode == "always":
+        return "bf16 autocast, emulated: this CPU has no native bf16 (train.amp_cpu=always), expect it to be much slower than fp32"
+    return "fp32 (this CPU has no native bf16 - no AVX-512 BF16 or AMX - so train.amp runs fp32 here)"
+
+
+def autocast(device: torch.device, mode):
+    """bf16 autocast under `mode` (see `amp_mode`) where `uses_bf16`, else nothing."""
+    if uses_bf16(device, mode):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, *, amp=False, grad_accum=1,
-                desc="train", on_step=None) -> dict:
+                desc="train", on_step=None, log=None) -> dict:
     """Train one epoch; returns {'loss', 'acc'} averaged over the samples (all ranks)."""
     model.train()
     stats = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     n = len(loader)
     optimizer.zero_grad(set_to_none=True)
-    for i, (x, y) in enumerate(progress(loader, n, desc)):
+    for i, (x, y) in enumerate(progress(loader, n, desc, log=log)):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)

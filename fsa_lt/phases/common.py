@@ -1,6 +1,11 @@
-"""Pieces the three phases share: model construction, checkpoint choice, metrics files."""
+"""Pieces the three phases share: model construction, checkpoint choice, metrics files, and the
+life of a phase's output folders (`phase_run`: staging under --force, cleanup on bad input;
+`finish_phase`: the files of the record, written once when the phase has finished)."""
 from __future__ import annotations
 
+import contextlib
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,16 +13,21 @@ import torch
 
 from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state
-from ..engine.io import write_json
+from ..config import dump_yaml
+from ..engine.io import environment, write_json, write_text
 from ..engine.metrics import one_line, summarize
-from ..engine.run import seed_everything
-from ..errors import CheckpointError, DataError
+from ..engine.run import open_run, run_dirs, seed_everything
+from ..errors import CheckpointError, DataError, FsaError
 from ..models import create_model
+from . import records
+
+PHASE_TITLES = {"phase_i": "Phase I", "phase_ii": "Phase II", "phase_iii": "Phase III"}
 
 
 def build_model(cfg, num_classes: int, device: torch.device, pretrained: bool = True):
     torch.manual_seed(cfg.seed)  # initialisation is a function of the seed alone
-    model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained if pretrained else None)
+    model = create_model(cfg.model.name, num_classes, pretrained=cfg.model.pretrained if pretrained else None,
+                         classifier=cfg.model.classifier, cosine_scale=cfg.model.cosine_scale)
     # channels_last on every device: the faster layout for these convnets on CUDA and on
     # x86 CPUs alike (the device loader already yields channels_last batches).
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -44,6 +54,114 @@ def load_phase_model(cfg, path: Path, phase: str, num_classes: int, device, expe
     model = build_model(cfg, num_classes, device, pretrained=False)
     load_model_state(model, state, path)
     return model, state
+
+
+def command_hint(phase: str, cfg, note: str) -> str:
+    verb = {"phase_i": "train", "phase_ii": "extract", "phase_iii": "finetune"}[phase]
+    return f"fsa-lt {verb} --config {cfg.name} --note {note}"
+
+
+def upstream_record(workdir, phase: str, cfg, note: str, upstream: dict | None = None) -> dict:
+    """The record of a finished upstream `phase`, or a one-line error saying what to run first."""
+    hint = command_hint(phase, cfg, note)
+    st = records.inspect_phase(Path(workdir), phase, cfg, note, upstream=upstream, command=hint)
+    if st.status == "complete":
+        return st.record
+    what = {"stale": f"is out of date ({st.reason})", "interrupted": "was interrupted and has not finished",
+            "absent": "has not been run"}[st.status]
+    more = " --resume" if st.status == "interrupted" and phase == "phase_i" else (" --force" if st.status == "stale" else "")
+    raise CheckpointError(f"{PHASE_TITLES[phase]} of {cfg.name} / {note} {what}: run {hint}{more} first "
+                          f"(or fsa-lt run --config {cfg.name} --note {note})")
+
+
+def needs_staging(state, force: bool) -> bool:
+    """Whether a new run must write beside the old outputs (swapped in when it finishes): when it
+    replaces finished outputs (forced, or made from an input that has since been redone), or
+    when it is forced over an interrupted run."""
+    return state.status in ("complete", "stale") or (force and (state.status == "interrupted" or bool(state.diff)))
+
+
+@contextlib.contextmanager
+def phase_run(cfg, phase: str, out_note: str, workdir, device, staging: bool = False, tensorboard: bool = True):
+    """Open the run of `phase` writing to `out_note` (to a staging folder beside it when it replaces
+    finished outputs: `finish_phase` swaps it in). A bad-input error (`FsaError`) inside the block
+    removes the folders the run made, unless they hold a resume point."""
+    workdir = Path(workdir)
+    note = records.staging_note(out_note) if staging else out_note
+    dirs = run_dirs(workdir, phase, cfg.name, note)
+    if dist.is_main():
+        if staging:  # what an earlier, interrupted replacement left
+            for d in dirs.values():
+                shutil.rmtree(d, ignore_errors=True)
+        for d in dirs.values():  # temporary files of writes a kill cut short (never renamed into place)
+            for tmp in d.glob(".*.tmp") if d.is_dir() else ():
+                tmp.unlink(missing_ok=True)
+    dist.barrier()
+    existed = {k: d.exists() for k, d in dirs.items()}
+    run = open_run(cfg, phase, note, workdir, device, tensorboard=tensorboard)
+    run.out_note, run.staging = out_note, staging
+    run.final_dirs = run_dirs(workdir, phase, cfg.name, out_note)
+    run.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run.t0 = time.perf_counter()
+    if run.main:
+        records.write_pending(run.dirs["log"], cfg, phase, out_note)
+    try:
+        yield run
+    except FsaError:
+        if run.main:
+            run.close()
+            resumable = (dirs["ckpt"] / "last.pt").is_file() and phase == "phase_i"
+            for k, d in dirs.items():
+                if staging or (not existed[k] and not resumable):
+                    shutil.rmtree(d, ignore_errors=True)
+        raise
+    finally:
+        run.close()
+
+
+def finish_phase(run, payload: dict, inputs: dict, outputs: dict, summary: dict | None = None, **extra) -> dict:
+    """Write the record of a finished phase: metrics.json, config.yaml, environment.json, then
+    record.json last (the file that makes the outputs complete); swap a staging run into place.
+
+    outputs: name -> file in this run's folders that later phases read (hashed)."""
+    rec = None
+    if run.main:
+        ldir = run.dirs["log"]
+        write_json(ldir / "metrics.json", payload)
+        write_text(ldir / "config.yaml", dump_yaml(run.cfg))
+        env = environment()
+        env.update(extra.pop("environment_extra", {}) or {})
+        write_json(ldir / "environment.json", env)
+        outs = {}
+        for name, path in outputs.items():
+            path = Path(path)
+            final = path
+            for k, d in run.dirs.items():
+                try:
+                    final = run.final_dirs[k] / path.relative_to(d)
+                    break
+                except ValueError:
+                    continue
+            outs[name] = {"path": records.rel(run.workdir, final), "sha256": records.sha256_file(path)}
+        rec = records.new_record(run.phase, run.cfg, run.out_note, inputs, outs, env, run.started,
+                                 time.perf_counter() - run.t0, summary, **extra)
+        if run.tb is not None:
+            run.tb.flush()
+            run.tb.close()
+            run.tb = None
+        records.write_record(ldir, rec)
+        if run.staging:
+            records.swap_in(run.dirs, run.final_dirs)
+            run.dirs = dict(run.final_dirs)
+    dist.barrier()
+    return dist.broadcast_object(rec)
+
+
+def short_metrics(m: dict | None) -> dict | None:
+    """The headline columns of a metrics entry (the record keeps these; metrics.json has the rest)."""
+    if m is None:
+        return None
+    return {k: m.get(k) for k in ("top1", "many", "medium", "few", "head", "tail", "epoch", "iteration") if k in m}
 
 
 def require_phase_output(path: Path, what: str, hint: str):
@@ -74,24 +192,47 @@ def save_confusion_matrix(run, cm) -> None:
         torch_save(run.dirs["log"] / "confusion_matrix.pt", torch.as_tensor(cm).detach().cpu().long())
 
 
-def test_checkpoint(cfg, run, checkpoint: str, phase: str, step_key: str) -> dict:
-    """Test mode of a phase: evaluate best/last/a path on the test set, write test_<stem>.json."""
+def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str, step_key: str,
+                    out_note: str | None = None) -> dict:
+    """Test mode of a phase: evaluate best/last/a path on the test set and write
+    ``test_<checkpoint>.json`` (metrics under the checkpoint's name) and ``test_<checkpoint>.log``
+    in the run's log folder. The run's record (config, environment, metrics) is never touched."""
     from ..data import build_dataset, class_counts, make_loader
-    from ..engine.trainer import evaluate
+    from ..engine.trainer import amp_mode, evaluate
 
+    workdir = Path(workdir)
+    out_note = out_note or note
+    path = checkpoint_path(run_dirs(workdir, phase, cfg.name, out_note)["ckpt"], checkpoint)
+    state = load_checkpoint(path, expect_phase=phase)  # readable before anything is made
+    saved = state.get("config")
+    if saved:
+        diff = [d for d in records.config_diff(saved, cfg.to_dict(), "phase_i") if d.split(".")[0] in ("dataset", "model")]
+        if diff:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{path} was trained on other data or another model than the config says "
+                              f"({'; '.join(diff[:4])}): test it with the settings it was trained with")
     seed_everything(cfg.seed)
     train_set = build_dataset(cfg, "train", augment=False)
     test_set = build_dataset(cfg, "test")
     check_test_classes(train_set, test_set)
     counts = class_counts(train_set)
-    path = checkpoint_path(run.dirs["ckpt"], checkpoint)
-    model, state = load_phase_model(cfg, path, phase, len(counts), run.device, expect_phase=phase)
-    loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
-    m = summarize(evaluate(model, loader, len(counts), run.device, amp=cfg.train.amp), counts, cfg.extract.h_r)
-    m[step_key] = state.get(step_key)
-    log_metrics(run, "test", m, 0)
-    write_metrics(run, {"checkpoint": str(path), "final": m}, name=f"test_{path.stem}.json")
-    return m
+    run = open_run(cfg, phase, out_note, workdir, device, tensorboard=False, log_name=f"test_{path.stem}.log")
+    try:
+        check_compatible(state, path, cfg.model.name, len(counts))
+        model = build_model(cfg, len(counts), run.device, pretrained=False)
+        load_model_state(model, state, path)
+        loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
+        m = summarize(evaluate(model, loader, len(counts), run.device, amp=amp_mode(cfg.train)), counts, cfg.extract.h_r)
+        m[step_key] = state.get(step_key)
+        run.log.info(f"test of {path} ({step_key} {state.get(step_key)}): {one_line(m)}")
+        if dist.is_main():
+            write_json(run.dirs["log"] / f"test_{path.stem}.json",
+                       {"checkpoint": records.rel(workdir, path), "sha256": records.sha256_file(path),
+                        step_key: state.get(step_key), path.stem: m})
+        return m
+    finally:
+        run.close()
 
 
 def write_metrics(run, payload: dict, name: str = "metrics.json") -> None:

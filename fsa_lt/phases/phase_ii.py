@@ -9,7 +9,9 @@ samples and writes its own shard of the store.
 """
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,12 +19,15 @@ from torch.utils.data import Subset
 
 from ..config import Config
 from ..data import build_dataset, class_counts, make_loader
+from ..data.base import InMemoryLT
 from ..engine import distributed as dist
-from ..engine.run import open_run, seed_everything
-from ..engine.trainer import feature_maps
+from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state
+from ..engine.run import seed_everything
+from ..engine.trainer import amp_mode, feature_maps, precision_note
+from ..errors import ConfigError, DataError
 from ..method import class_activation_maps, confusing_classes, head_tail_split, normalize_cams
-from . import store
-from .common import checkpoint_path, counts_summary, load_phase_model, require_phase_output
+from . import records, store
+from .common import build_model, command_hint, counts_summary, finish_phase, needs_staging, phase_run, upstream_record
 
 PHASE = "phase_ii"
 
@@ -31,22 +36,31 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-class _Shard:
-    """A contiguous slice of an in-memory data set (keeps `data`, `targets`, `mean`, `std`)."""
+class _Shard(InMemoryLT):
+    """A contiguous slice of an in-memory data set (keeps `data`, `targets`, `mean`, `std` and the
+    transform), a Dataset for the plain DataLoader as well as input to the device loader."""
 
     def __init__(self, ds, start, end):
         self.data, self.targets = ds.data[start:end], np.asarray(ds.targets)[start:end]
         self.mean, self.std, self.num_classes = ds.mean, ds.std, ds.num_classes
+        self.transform = ds.transform
 
 
 @torch.no_grad()
-def forward_store(model, loader, device, amp: bool, keep_maps: bool, dtype=torch.float16):
-    """Run the frozen model over `loader`; returns maps, cams, labels and the score sums."""
+def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float16):
+    """Run the frozen model (eval mode) over `loader`; returns maps, cams, labels and the score sums.
+
+    A map that is not finite, or (for a float16 store) beyond float16's range, is an error: it
+    would become inf, then NaN, in Phase III."""
     weight = model.get_classifier().weight.float()
     K = weight.shape[0]
     score_sum = torch.zeros(K, K, device=device, dtype=torch.float64)
+    peak = torch.zeros((), device=device)
+    finite = torch.ones((), device=device, dtype=torch.bool)
     fmaps, cams, labels = [], [], []
     for f, y in feature_maps(model, loader, device, amp=amp):
+        finite &= torch.isfinite(f).all()
+        peak = torch.maximum(peak, f.abs().amax())
         logits = model.forward_head(f)
         score_sum.index_add_(0, y, torch.softmax(logits, 1).double())
         cam = normalize_cams(class_activation_maps(f, weight, y))
@@ -54,6 +68,12 @@ def forward_store(model, loader, device, amp: bool, keep_maps: bool, dtype=torch
         if keep_maps:
             fmaps.append(f.to(dtype).contiguous())
             cams.append(cam.to(dtype))
+    if not bool(finite):
+        raise DataError("the Phase I model gives non-finite feature maps (inf or NaN) on the training set: "
+                        "it has diverged; retrain Phase I")
+    if keep_maps and dtype == torch.float16 and float(peak) > float(torch.finfo(torch.float16).max):
+        raise ConfigError(f"feature map values reach {float(peak):.4g}, beyond float16's range (65504): "
+                          "set extract.dtype=float32")
     out = {"labels": torch.cat(labels), "score_sum": score_sum}
     if keep_maps:
         out["fmaps"] = torch.cat(fmaps)
@@ -61,33 +81,54 @@ def forward_store(model, loader, device, amp: bool, keep_maps: bool, dtype=torch
     return out
 
 
-def extract(cfg: Config, note: str, workdir=".", device=None) -> dict:
+def extract(cfg: Config, note: str, workdir=".", device=None, force: bool = False, upstream: dict | None = None,
+            say=print) -> dict:
+    """Phase II of `cfg` / `note` from its finished Phase I (`upstream`: the Phase I record, found
+    on disk when not given). Complete outputs with these settings and this Phase I are reused."""
     dist.init_from_env(device)
-    run = open_run(cfg, PHASE, note, workdir, device)
-    try:
-        return _extract(cfg, run)
-    finally:
-        run.close()
-
-
-def _extract(cfg: Config, run) -> dict:
+    workdir = Path(workdir)
     e = cfg.extract
-    dev = run.device
+    up = upstream or {"phase_i": upstream_record(workdir, "phase_i", cfg, note)}
+    state = records.inspect_phase(workdir, PHASE, cfg, note, upstream=up, force=force,
+                                  command=command_hint(PHASE, cfg, note))
+    if state.status == "complete" and not force:
+        say(f"[{PHASE}] {cfg.name} / {note}: complete outputs with these settings and this Phase I model; reusing them")
+        return dict(records.read_record(records.log_dir(workdir, PHASE, cfg.name, note)), reused=True)
+    # everything that needs no forward pass is checked before any folder is made
     seed_everything(cfg.seed)
-    t0 = time.perf_counter()
     train_set = build_dataset(cfg, "train", augment=False)
     counts = class_counts(train_set)
-    K = len(counts)
-    ckpt_dir = run.workdir / "checkpoints" / "phase_i" / cfg.name / run.note
-    ckpt = checkpoint_path(ckpt_dir, e.checkpoint)
-    require_phase_output(ckpt, "Phase I checkpoint", f"train Phase I first: fsa-lt train --config {cfg.name} --note {run.note}")
-    model, state = load_phase_model(cfg, ckpt, PHASE, K, dev, expect_phase="phase_i")
-    saved_counts = state.get("class_counts")
+    head, tail = head_tail_split(counts, e.h_r)
+    if len(tail) == 0 or len(head) == 0:
+        raise ConfigError(f"extract.h_r={e.h_r} leaves {len(head)} head and {len(tail)} tail classes: "
+                          "Phase III needs both")
+    ckpt_info = up["phase_i"]["outputs"]["last.pt" if e.checkpoint == "last" else "best_model.pt"]
+    ckpt = records.resolve(workdir, ckpt_info["path"])
+    state_i = load_checkpoint(ckpt, expect_phase="phase_i")
+    check_compatible(state_i, ckpt, cfg.model.name, len(counts))
+    saved_counts = state_i.get("class_counts")
     if saved_counts is not None and not np.array_equal(np.asarray(saved_counts), counts):
-        from ..errors import DataError
-
         raise DataError(f"{ckpt} was trained on a different training set (class counts differ from {cfg.dataset.name} now)")
-    run.log.info(f"Phase I model: {ckpt} (epoch {state.get('epoch')}); data: {counts_summary(counts, e.h_r)}")
+    if state.status == "stale":
+        say(f"[{PHASE}] {cfg.name} / {note}: {state.reason}; extracting again")
+    if dist.is_main() and state.status in ("absent", "interrupted"):  # an unfinished store is worthless
+        shutil.rmtree(workdir / "feature" / cfg.name / note, ignore_errors=True)
+    dist.barrier()
+    with phase_run(cfg, PHASE, note, workdir, device, staging=needs_staging(state, force)) as run:
+        return _extract(cfg, run, train_set, counts, head, tail, ckpt, ckpt_info, state_i, up["phase_i"])
+
+
+def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, state_i, rec_i) -> dict:
+    e = cfg.extract
+    dev = run.device
+    K = len(counts)
+    t0 = time.perf_counter()
+    model = build_model(cfg, K, dev, pretrained=False)
+    load_model_state(model, state_i, ckpt)
+    amp = amp_mode(cfg.train)
+    precision = precision_note(dev, amp)
+    run.log.info(f"Phase I model: {ckpt} (epoch {state_i.get('epoch')}); data: {counts_summary(counts, e.h_r)}; "
+                 f"precision: {precision}")
 
     world, rank = dist.world_size(), dist.rank()
     lo, hi = shard_bounds(len(train_set), rank, world)
@@ -100,35 +141,31 @@ def _extract(cfg: Config, run) -> dict:
                          fast=hasattr(train_set, "data") and cfg.train.fast_path != "off")
     keep = e.mode == "cached"
     dtype = torch.float16 if e.dtype == "float16" else torch.float32
-    out = forward_store(model, loader, dev, cfg.train.amp, keep, dtype)
+    out = forward_store(model, loader, dev, amp, keep, dtype)
     score_sum = dist.all_reduce_sum(out["score_sum"])
     folder = run.dirs["feature"]
     if keep:
         store.write_shard(folder, rank, lo, out["fmaps"].cpu(), out["cams"].cpu(), out["labels"].cpu())
     dist.barrier()
 
-    head, tail = head_tail_split(counts, e.h_r)
     scores = (score_sum / torch.as_tensor(np.maximum(counts, 1), device=score_sum.device)[:, None]).float()
-    if len(tail) == 0 or len(head) == 0:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"extract.h_r={e.h_r} leaves {len(head)} head and {len(tail)} tail classes: "
-                          "Phase III needs both")
     conf = confusing_classes(scores, tail, e.n_f)
     fmap_shape = list(out["fmaps"].shape[1:]) if keep else None
     index = {
         "mode": e.mode, "dtype": e.dtype if keep else None, "num_samples": len(train_set), "num_classes": K,
-        "fmap_shape": fmap_shape, "checkpoint": str(ckpt), "checkpoint_epoch": state.get("epoch"),
-        "model_name": cfg.model.name, "h_r": e.h_r, "tau_s": e.tau_s, "tau_g": e.tau_g, "n_f": e.n_f,
+        "fmap_shape": fmap_shape, "checkpoint": ckpt_info["path"], "checkpoint_sha256": ckpt_info["sha256"],
+        "phase_i_run_id": rec_i["run_id"], "checkpoint_epoch": state_i.get("epoch"),
+        "model_name": cfg.model.name, "h_r": e.h_r, "n_f": e.n_f,
         "class_counts": counts.tolist(), "head": head.tolist(), "tail": tail.tolist(),
         "confusing": {int(c): conf[i].tolist() for i, c in enumerate(tail)},
         "shards": [{"file": store.shard_name(r), "start": shard_bounds(len(train_set), r, world)[0],
                     "end": shard_bounds(len(train_set), r, world)[1]} for r in range(world)] if keep else [],
     }
     if run.main:
+        for s in index["shards"]:
+            s["bytes"] = (folder / s["file"]).stat().st_size
         store.save_confusion(folder, scores.cpu())
         store.write_index(folder, index)
-    dist.barrier()  # no rank goes on (to Phase III) before the index exists
     dt = time.perf_counter() - t0
     names = getattr(train_set, "classes", None) or [str(i) for i in range(K)]
     run.log.info(f"head {len(head)} classes / tail {len(tail)} classes (h_r={e.h_r}); "
@@ -137,4 +174,8 @@ def _extract(cfg: Config, run) -> dict:
     for i, c in enumerate(tail[:20]):
         conf_txt = ", ".join(f"{names[int(u)]} {scores[c, u]:.3f}" for u in conf[i].tolist())
         run.log.info(f"  tail {names[int(c)]} ({counts[c]} images): confused with {conf_txt}")
-    return index
+    inputs = {"phase_i": {"run_id": rec_i["run_id"], "checkpoint": ckpt_info["path"], "sha256": ckpt_info["sha256"]}}
+    rec = finish_phase(run, {"index": {k: v for k, v in index.items() if k != "shards"}, "seconds": dt},
+                       inputs=inputs, outputs={"index.json": folder / "index.json"},
+                       environment_extra={"precision": precision})
+    return rec

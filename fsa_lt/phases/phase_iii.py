@@ -26,14 +26,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..config import Config
 from ..data import build_dataset, class_counts, make_loader
 from ..engine import distributed as dist
-from ..engine.checkpoint import save_checkpoint
+from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state, save_checkpoint
 from ..engine.metrics import confusion_matrix, summarize
-from ..engine.run import open_run, seed_everything
-from ..engine.trainer import autocast, feature_maps
-from ..errors import ConfigError, DataError
+from ..engine.run import seed_everything
+from ..engine.trainer import amp_mode, autocast, feature_maps, precision_note
+from ..errors import CheckpointError, ConfigError, DataError
 from ..method import FSASampler, build_batch, class_activation_maps, normalize_cams, synthesize
-from . import store
-from .common import load_phase_model, log_metrics, save_confusion_matrix, test_checkpoint, write_metrics
+from . import records, store
+from .common import (build_model, command_hint, finish_phase, log_metrics, needs_staging, phase_run,
+                     save_confusion_matrix, short_metrics, test_checkpoint, upstream_record)
+from .phase_i import completed
 
 PHASE = "phase_iii"
 
@@ -84,7 +86,7 @@ class OnlineBatches:
     """Online mode: the sampled images go through the frozen backbone under training
     augmentation, and their maps and CAMs (from the Phase I classifier) are made anew."""
 
-    def __init__(self, cfg, model, phase_i_weight, train_set, sampler, device, generator, augment: bool):
+    def __init__(self, cfg, model, phase_i_weight, train_set, sampler, device, generator, augment: bool, seed: int):
         self.cfg, self.model, self.weight = cfg, model, phase_i_weight
         self.sampler, self.device, self.gen, self.augment = sampler, device, generator, augment
         self.in_memory = hasattr(train_set, "data") and cfg.train.fast_path != "off"
@@ -92,7 +94,7 @@ class OnlineBatches:
             from ..data.device_loader import DeviceLoader
 
             self.images = DeviceLoader(train_set.data, train_set.targets, 1, device, train_set.mean,
-                                       train_set.std, train=True, seed=cfg.seed)
+                                       train_set.std, train=True, seed=seed)
         else:
             self.batcher = _SamplerBatches(sampler, augment)
             loader = torch.utils.data.DataLoader(
@@ -111,7 +113,7 @@ class OnlineBatches:
             d = self.batcher.pending.pop(0)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, amp_mode(self.cfg.train)):
             fm = self.model.forward_features(x)
         fm = fm.float()
         nt, nm = s.n_t, d["mid_idx"].numel()
@@ -131,19 +133,68 @@ class OnlineBatches:
 
 
 def output_note(cfg: Config, note: str) -> str:
-    """Where a Phase III run writes: <note>[-<variant>][-noaug] (the "No Aug" control and
-    variants sit beside the FSA run and read the same Phase I model and Phase II store)."""
-    out = f"{note}-{cfg.finetune.variant}" if cfg.finetune.variant else note
-    return out if cfg.finetune.augment else f"{out}-noaug"
+    """Where a Phase III run writes: <note>[-<variant>][-fs<finetune.seed>][-noaug]. The "No Aug"
+    control, variants and Phase III seeds sit beside the FSA run and read the same Phase I model
+    and Phase II store."""
+    f = cfg.finetune
+    out = f"{note}-{f.variant}" if f.variant else note
+    if f.seed is not None:
+        out += f"-fs{f.seed}"
+    return out if f.augment else f"{out}-noaug"
 
 
-def finetune(cfg: Config, note: str, workdir=".", device=None) -> dict:
+def finetune(cfg: Config, note: str, workdir=".", device=None, force: bool = False, upstream: dict | None = None,
+             say=print) -> dict:
+    """Phase III of `cfg` over the finished Phase I and II of `note` (`upstream`: their records,
+    found on disk when not given), written to `output_note(cfg, note)`."""
     dist.init_from_env(device)
-    run = open_run(cfg, PHASE, output_note(cfg, note), workdir, device)
-    try:
-        return _finetune(cfg, run, note)
-    finally:
-        run.close()
+    workdir = Path(workdir)
+    out = output_note(cfg, note)
+    if upstream is None:
+        rec_i = upstream_record(workdir, "phase_i", cfg, note)
+        upstream = {"phase_i": rec_i, "phase_ii": upstream_record(workdir, "phase_ii", cfg, note, {"phase_i": rec_i})}
+    state = records.inspect_phase(workdir, PHASE, cfg, out, upstream=upstream, force=force,
+                                  command=command_hint(PHASE, cfg, note))
+    if state.status == "complete" and not force:
+        say(f"[{PHASE}] {cfg.name} / {out}: complete outputs with these settings and these Phase I / II outputs; reusing them")
+        return completed(workdir, PHASE, cfg.name, out)
+    if state.status == "stale":
+        say(f"[{PHASE}] {cfg.name} / {out}: {state.reason}; fine-tuning again")
+    prep = _prepare(cfg, note, workdir, upstream)  # every check that needs no training, before any folder
+    with phase_run(cfg, PHASE, out, workdir, device, staging=needs_staging(state, force)) as run:
+        return _finetune(cfg, run, note, prep, upstream)
+
+
+def _prepare(cfg: Config, note: str, workdir: Path, upstream: dict) -> dict:
+    f, e = cfg.finetune, cfg.extract
+    folder = workdir / "feature" / cfg.name / note
+    index = store.read_index(folder)
+    if index.get("phase_i_run_id") not in (None, upstream["phase_i"]["run_id"]):
+        raise CheckpointError(f"{folder / 'index.json'} was made from another Phase I run than "
+                              f"{cfg.name} / {note} holds now: redo Phase II (fsa-lt extract --force)")
+    if abs(float(index["h_r"]) - e.h_r) > 1e-12:
+        raise ConfigError(f"extract.h_r={e.h_r} differs from the h_r={index['h_r']} of the Phase II store {folder}: "
+                          "Phase III samples and reports head/tail by the store's split; extract again with this h_r "
+                          "(under another --note) or drop the override")
+    train_set = build_dataset(cfg, "train", augment=False)
+    test_set = build_dataset(cfg, "test")
+    counts = class_counts(train_set)
+    K = len(counts)
+    if index["num_classes"] != K or index["class_counts"] != counts.tolist():
+        raise DataError(f"{folder / 'index.json'} was extracted from another training set "
+                        f"({index['num_classes']} classes) than {cfg.dataset.name} now ({K} classes)")
+    if index["n_f"] < f.n_a:
+        raise ConfigError(f"finetune.n_a={f.n_a} exceeds the {index['n_f']} confusing classes of the store")
+    mode = f.mode or index["mode"]
+    if mode == "cached" and index["mode"] != "cached":
+        raise ConfigError(f"finetune.mode=cached needs a cached feature store; {folder} was extracted online")
+    ckpt = records.resolve(workdir, index["checkpoint"])
+    state = load_checkpoint(ckpt, expect_phase="phase_i")
+    check_compatible(state, ckpt, cfg.model.name, K)
+    if mode == "cached":
+        store.check_shards(folder, index)
+    return {"folder": folder, "index": index, "train_set": train_set, "test_set": test_set, "counts": counts,
+            "mode": mode, "ckpt": ckpt, "state": state}
 
 
 def _full_state(backbone, fc, cfg, counts, iteration, metrics, index) -> dict:
@@ -158,26 +209,18 @@ def _full_state(backbone, fc, cfg, counts, iteration, metrics, index) -> dict:
     }
 
 
-def _finetune(cfg: Config, run, note: str) -> dict:
+def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     f, e = cfg.finetune, cfg.extract
     dev = run.device
-    seed_everything(cfg.seed)
-    folder = run.workdir / "feature" / cfg.name / note
-    index = store.read_index(folder)
-    train_set = build_dataset(cfg, "train", augment=False)
-    test_set = build_dataset(cfg, "test")
-    counts = class_counts(train_set)
+    seed = cfg.seed if f.seed is None else f.seed
+    seed_everything(seed)
+    folder, index, train_set, test_set = prep["folder"], prep["index"], prep["train_set"], prep["test_set"]
+    counts, mode = prep["counts"], prep["mode"]
     K = len(counts)
-    if index["num_classes"] != K or index["class_counts"] != counts.tolist():
-        raise DataError(f"{folder / 'index.json'} was extracted from another training set "
-                        f"({index['num_classes']} classes) than {cfg.dataset.name} now ({K} classes)")
-    if index["n_f"] < f.n_a:
-        raise ConfigError(f"finetune.n_a={f.n_a} exceeds the {index['n_f']} confusing classes of the store")
-    mode = f.mode or index["mode"]
-    if mode == "cached" and index["mode"] != "cached":
-        raise ConfigError(f"finetune.mode=cached needs a cached feature store; {folder} was extracted online")
+    amp = amp_mode(cfg.train)
     tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
-    backbone, state = load_phase_model(cfg, Path(index["checkpoint"]), PHASE, K, dev, expect_phase="phase_i")
+    backbone = build_model(cfg, K, dev, pretrained=False)
+    load_model_state(backbone, prep["state"], prep["ckpt"])
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -189,7 +232,7 @@ def _finetune(cfg: Config, run, note: str) -> dict:
     world, rank = dist.world_size(), dist.rank()
     if f.n_t % world:
         raise ConfigError(f"finetune.n_t={f.n_t} is not divisible by the world size {world}")
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + rank)
+    gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rank)
     head = np.asarray(index["head"], dtype=np.int64)
     tail = np.asarray(index["tail"], dtype=np.int64)
     confusing = torch.tensor([index["confusing"][str(int(c))] for c in tail], dtype=torch.long)
@@ -199,7 +242,7 @@ def _finetune(cfg: Config, run, note: str) -> dict:
 
     t0 = time.perf_counter()
     test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size)
-    test_feats, test_labels = pooled_features(backbone, test_loader, dev, cfg.train.amp)
+    test_feats, test_labels = pooled_features(backbone, test_loader, dev, amp)
     if mode == "cached":
         data = store.load_shards(folder, index)
         if not torch.equal(data["labels"], labels.cpu()):
@@ -210,12 +253,13 @@ def _finetune(cfg: Config, run, note: str) -> dict:
         batches = None
     else:
         fmaps = cams = pooled_real = None
-        batches = OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment)
+        batches = OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment, seed)
     run.log.info(f"mode {mode}; augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; "
                  f"batch {2 * sampler.n_t * (1 + f.n_a)} per rank x {world} "
                  f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
                  f"{sampler.n_t * (1 + f.n_a)} head); head {len(head)} / tail {len(tail)} classes; "
-                 f"tau_s {tau_s} tau_g {tau_g}; setup {time.perf_counter() - t0:.1f}s")
+                 f"tau_s {tau_s} tau_g {tau_g}; seed {seed}; precision {precision_note(dev, amp)}; "
+                 f"setup {time.perf_counter() - t0:.1f}s")
 
     m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
     m0["iteration"] = 0
@@ -254,7 +298,6 @@ def _finetune(cfg: Config, run, note: str) -> dict:
             if it == f.iterations:
                 final = m
                 save_confusion_matrix(run, cm)
-            write_metrics(run, {"final": final, "best": best, "phase_i": m0, "history": history})
         if run.main and (it % f.save_every == 0 or it == f.iterations):
             st = _full_state(backbone, fc, cfg, counts, it, None, index)
             if it % f.save_every == 0:
@@ -265,14 +308,17 @@ def _finetune(cfg: Config, run, note: str) -> dict:
     run.log.info(f"{f.iterations} iterations in {dt:.1f}s ({f.iterations / dt:.1f} it/s); "
                  f"final top1 {final['top1']:.2f} (Phase I {m0['top1']:.2f}); best {best['top1']:.2f} "
                  f"at iteration {best['iteration']} (test-set selected)")
-    dist.barrier()
-    return {"final": final, "best": best, "phase_i": m0, "history": history}
+    payload = {"final": final, "best": best, "phase_i": m0, "history": history}
+    ck = run.dirs["ckpt"]
+    inputs = {"phase_i": {"run_id": upstream["phase_i"]["run_id"], "checkpoint": index["checkpoint"]},
+              "phase_ii": {"run_id": upstream["phase_ii"]["run_id"]}}
+    rec = finish_phase(run, payload, inputs=inputs, outputs={"last.pt": ck / "last.pt", "best_model.pt": ck / "best_model.pt"},
+                       summary={"final": short_metrics(final), "best (test-selected)": short_metrics(best)},
+                       iterations_per_second=f.iterations / dt, environment_extra={"precision": precision_note(dev, amp)})
+    return dict(payload, record=rec)
 
 
 def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:
+    """Evaluate a Phase III checkpoint; writes test_<checkpoint>.json, never the run's record."""
     dist.init_from_env(device)
-    run = open_run(cfg, PHASE, output_note(cfg, note), workdir, device, tensorboard=False)
-    try:
-        return test_checkpoint(cfg, run, checkpoint, PHASE, "iteration")
-    finally:
-        run.close()
+    return test_checkpoint(cfg, note, workdir, device, checkpoint, PHASE, "iteration", out_note=output_note(cfg, note))

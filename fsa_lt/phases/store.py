@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.checkpoint import load_error_reason
 from ..engine.io import torch_save, write_json
 from ..errors import CheckpointError
 
@@ -62,8 +63,20 @@ def read_index(folder: Path) -> dict:
     return index
 
 
+def check_shards(folder: Path, index: dict) -> None:
+    """Every shard the index lists is there with the size it was written with (cheap: no read)."""
+    for s in index.get("shards", []):
+        path = folder / s["file"]
+        if not path.is_file():
+            raise CheckpointError(f"feature store shard missing: {path} (the store of {folder / 'index.json'} is incomplete)")
+        if "bytes" in s and path.stat().st_size != s["bytes"]:
+            raise CheckpointError(f"feature store shard {path} has {path.stat().st_size} bytes, its index says "
+                                  f"{s['bytes']}: it was changed or cut short; extract again (fsa-lt extract --force)")
+
+
 def load_shards(folder: Path, index: dict) -> dict:
     """Concatenate the shards in sample order: fmaps, cams, labels (CPU tensors)."""
+    check_shards(folder, index)
     parts = []
     for s in sorted(index["shards"], key=lambda s: s["start"]):
         path = folder / s["file"]
@@ -72,7 +85,7 @@ def load_shards(folder: Path, index: dict) -> dict:
         except FileNotFoundError:
             raise CheckpointError(f"feature store shard missing: {path}") from None
         except Exception as exc:
-            raise CheckpointError(f"cannot read feature store shard {path}: {str(exc).splitlines()[0][:200]}") from None
+            raise CheckpointError(f"cannot read feature store shard {path}: {load_error_reason(path, exc)}") from None
         if d.get("format") != STORE_FORMAT or d.get("start") != s["start"]:
             raise CheckpointError(f"{path} does not belong to the store of {folder / 'index.json'}")
         parts.append(d)

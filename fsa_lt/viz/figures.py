@@ -1,7 +1,7 @@
 """Figures: CAMs, class-specific / class-generic masks, synthetic samples, run plots.
 
-`fsa-lt visualize` (:func:`visualize`) writes, under
-``<workdir>/log/phase_ii/<config>/<note>/figures/``,
+`fsa-lt visualize` (:func:`visualize`) writes, under its own folder
+``<workdir>/log/visualize/<config>/<note>/`` (never into a phase's run record),
 
     cam_tail_CCC_<name>.png   for one tail class C: a few of its training images and a
                               few of each of its confusing classes; per image the image,
@@ -360,11 +360,14 @@ def _pick(targets: np.ndarray, c: int, k: int, rng: np.random.RandomState) -> li
 
 
 def _phase_i_checkpoint(index: dict, workdir: Path, cfg, note: str) -> Path:
-    p = Path(index["checkpoint"])
-    if p.is_file():
-        return p
-    alt = workdir / "checkpoints" / "phase_i" / cfg.name / note / p.name
-    return alt if alt.is_file() else p
+    from ..phases.records import resolve
+
+    return resolve(workdir, index["checkpoint"])
+
+
+def figures_dir(workdir, config: str, note: str) -> Path:
+    """Where `visualize` writes: its own folder, never inside a phase's run record."""
+    return Path(workdir) / "log" / "visualize" / config / note
 
 
 def visualize(cfg, note: str, workdir=".", device=None, per_class: int = 4, max_tail_classes: int = 10,
@@ -380,15 +383,17 @@ def visualize(cfg, note: str, workdir=".", device=None, per_class: int = 4, max_
     from ..errors import ConfigError
     from ..method import FSASampler, synthesize
     from ..phases import store
-    from ..phases.common import load_phase_model, require_phase_output
+    from ..phases.common import load_phase_model, require_phase_output, upstream_record
 
     if per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {per_class}")
     workdir = Path(workdir)
     dev = resolve_device(device)
     folder = workdir / "feature" / cfg.name / note
+    rec_i = upstream_record(workdir, "phase_i", cfg, note)  # finished Phase I and II with these settings
+    upstream_record(workdir, "phase_ii", cfg, note, {"phase_i": rec_i})
     index = store.read_index(folder)
-    out = workdir / "log" / "phase_ii" / cfg.name / note / "figures"
+    out = figures_dir(workdir, cfg.name, note)
     ds = build_dataset(cfg, "train", augment=False)
     targets = np.asarray(ds.targets, dtype=np.int64)
     K = int(index["num_classes"])
@@ -673,3 +678,45 @@ __all__ = [
     "cam_figure", "synthetic_figure", "visualize", "per_class_accuracy_figure", "confusion_figure",
     "confusing_graph_figure", "PER_CLASS_PX", "CONFUSION_PX", "GRAPH_PX", "PANEL_PX",
 ]
+
+
+CURVES_PX = (1500, 480)
+
+
+def curves_figure(phase_i: list[tuple[str, list, list]], phase_iii: list[tuple[str, str, list]], title: str = ""):
+    """Training curves, one line per run.
+
+    phase_i: [(label, history, epochs)] with history [{'epoch', 'top1', ...}] (evaluated epochs) and
+    epochs [{'epoch', 'loss', ...}] (every epoch); phase_iii: [(label, 'fsa' | 'control', history)]
+    with history [{'iteration', 'top1', ...}].
+    """
+    fig = new_figure(*CURVES_PX)
+    axes = [fig.add_axes((0.05 + i * 0.325, 0.13, 0.27, 0.74)) for i in range(3)]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+    for i, (label, hist, epochs) in enumerate(phase_i):
+        c = colors[i % len(colors)]
+        pts = [(h["epoch"], h["top1"]) for h in hist if h.get("top1") is not None]
+        if pts:
+            axes[0].plot(*zip(*pts), marker="o", ms=3, color=c, label=label)
+        pts = [(e["epoch"], e["loss"]) for e in epochs if e.get("loss") is not None]
+        if pts:
+            axes[1].plot(*zip(*pts), color=c, lw=1, label=label)
+    for i, (label, kind, hist) in enumerate(phase_iii):
+        pts = [(h["iteration"], h["top1"]) for h in hist if h.get("top1") is not None]
+        if pts:
+            axes[2].plot(*zip(*pts), color=colors[i % len(colors)], ls="-" if kind == "fsa" else "--", lw=1,
+                         label=label)
+    for ax, t, xl, yl in ((axes[0], "Phase I: test top-1", "epoch", "top-1 (%)"),
+                          (axes[1], "Phase I: training loss", "epoch", "loss"),
+                          (axes[2], "Phase III: test top-1", "iteration", "top-1 (%)")):
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel(xl, fontsize=9)
+        ax.set_ylabel(yl, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    if phase_i and any(e for _, _, e in phase_i):
+        axes[1].set_yscale("log")
+    fig.suptitle(title, fontsize=11)
+    return fig

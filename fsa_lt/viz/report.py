@@ -3,6 +3,8 @@
 `write_run_report(workdir, config, note)` (called by `fsa_lt.phases.pipeline.run`) writes
 into ``<workdir>/log/run/<config>/<note>/``
 
+    curves.png               Phase I test top-1 and training loss by epoch, Phase III test
+                             top-1 by iteration, one line per run (seed)
     per_class_accuracy.png   per-class test accuracy of Phase I and Phase III (and the
                              No-Aug control when it ran) against training-set size
     confusion_matrices.png   row-normalised confusion matrices before (Phase I) and after
@@ -33,7 +35,7 @@ import torch
 from . import figures as F
 
 COLUMNS = ("top1", "many", "medium", "few", "head", "tail")
-RUN_FIGURES = ("per_class_accuracy", "confusion_matrices", "confusing_classes")
+RUN_FIGURES = ("curves", "per_class_accuracy", "confusion_matrices", "confusing_classes")
 
 
 def _read_json(path: Path):
@@ -128,6 +130,21 @@ pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
+def _rows_html(rows: list[dict]) -> str:
+    from ..phases.summary import cell
+
+    e = html.escape
+    out = ["<table><thead><tr><th>model</th><th>n</th>" + "".join(f"<th>{c}</th>" for c in COLUMNS)
+           + "</tr></thead><tbody>"]
+    for r in rows:
+        signed = bool(r.get("difference"))
+        out.append(f"<tr><td>{e(str(r.get('model', '')))}</td><td>{r.get('n', 1)}</td>"
+                   + "".join(f"<td>{'–' if r.get(c) is None else e(cell(r[c], r.get(f'{c}_std'), signed=signed))}</td>"
+                             for c in COLUMNS) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
 def _figure_html(fig: dict) -> str:
     w, h = F.png_size(fig["png"])
     return (f'<figure id="{html.escape(fig["name"])}"><img src="{_b64_png(fig["png"])}" width="{w}" height="{h}" '
@@ -147,15 +164,16 @@ def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict
     parts.append("<h2>Summary</h2>")
     rows = (summary or {}).get("rows") or []
     if rows:
-        parts.append("<table><thead><tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in COLUMNS)
-                     + "</tr></thead><tbody>")
-        for r in rows:
-            parts.append(f"<tr><td>{e(str(r.get('model', '')))}</td>"
-                         + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in COLUMNS) + "</tr>")
-        parts.append("</tbody></table>")
-        parts.append('<p class="note">Test accuracy in %, final models (not test-selected). many / medium / few: '
-                     'more than 100 / 20 to 100 / fewer than 20 training images; head / tail: the h_r split; '
-                     '– : no class in the group.</p>')
+        parts.append(_rows_html(rows))
+        parts.append('<p class="note">Test accuracy in %, final models (not test-selected); mean ± sample std '
+                     'where n runs (seeds) stand behind a row. many / medium / few: more than 100 / 20 to 100 / '
+                     'fewer than 20 training images; head / tail: the h_r split of the Phase II store; – : no class '
+                     'in the group.</p>')
+        members = (summary or {}).get("members") or []
+        if len(members) > 1:
+            for m in members:
+                parts.append(f"<h3>seed {e(str(m.get('seed')))} ({e(str(m.get('note')))})</h3>")
+                parts.append(_rows_html(m.get("rows") or []))
         times = (summary or {}).get("times_s") or {}
         if times:
             parts.append('<p class="note">Time of the invocation that wrote the summary: '
@@ -185,7 +203,7 @@ def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict
 
 
 def _phase_ii_figures(workdir: Path, config: str, note: str, limit: int = 12) -> list[dict]:
-    folder = workdir / "log" / "phase_ii" / config / note / "figures"
+    folder = F.figures_dir(workdir, config, note)
     if not folder.is_dir():
         return []
     out = []
@@ -208,6 +226,21 @@ def _phase_ii_figures(workdir: Path, config: str, note: str, limit: int = 12) ->
     return out
 
 
+def _notes(summary: dict | None, note: str) -> dict:
+    """The runs the figures are drawn from: the first member's Phase I note and its first FSA and
+    control runs (as the summary names them), and every member's runs for the curves."""
+    members = (summary or {}).get("members") or [{"note": note, "rows": []}]
+
+    def runs(m, key):
+        return next((r.get("runs") or [] for r in m.get("rows") or [] if r.get("key") == key), [])
+
+    first = members[0]
+    return {"phase_i": first["note"], "fsa": (runs(first, "fsa") or [note])[0],
+            "control": (runs(first, "control") or [f"{note}-noaug"])[0],
+            "members": [{"seed": m.get("seed"), "note": m["note"], "fsa": runs(m, "fsa"), "control": runs(m, "control")}
+                        for m in members]}
+
+
 def run_figures(workdir, config: str, note: str, device=None, compute_confusion: bool = True,
                 print_fn=print) -> tuple[list[dict], list[str]]:
     """The run plots as PNG bytes: [{name, title, caption, png}], and what could not be made."""
@@ -217,7 +250,8 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     workdir = Path(workdir)
     summary = _read_json(workdir / "log" / "run" / config / note / "summary.json")
     cfg = _load_cfg(workdir, config, summary)
-    folder = workdir / "feature" / config / note
+    notes = _notes(summary, note)
+    folder = workdir / "feature" / config / notes["phase_i"]
     index = store.read_index(folder)
     counts = np.asarray(index["class_counts"], dtype=np.int64)
     K = len(counts)
@@ -232,9 +266,16 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     if not names or len(names) != K:
         names = [str(i) for i in range(K)]
     logs = {k: workdir / "log" / ph / config / n for k, ph, n in
-            (("phase_i", "phase_i", note), ("phase_iii", "phase_iii", note), ("control", "phase_iii", f"{note}-noaug"))}
+            (("phase_i", "phase_i", notes["phase_i"]), ("phase_iii", "phase_iii", notes["fsa"]),
+             ("control", "phase_iii", notes["control"]))}
     metrics = {k: _read_json(p / "metrics.json") for k, p in logs.items()}
     figs, problems = [], []
+
+    curves = _curves(workdir, config, notes)
+    if curves is not None:
+        figs.append(curves)
+    else:
+        problems.append("training curves: no Phase I history found")
 
     # per-class accuracy
     series = []
@@ -260,7 +301,7 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
                            ("phase_iii", "phase_iii", "after: Phase III, FSA")):
         cm = _saved_confusion(logs[key])
         if cm is None and compute_confusion:
-            ck = workdir / "checkpoints" / ph / config / note / "last.pt"
+            ck = workdir / "checkpoints" / ph / config / (notes["phase_i"] if ph == "phase_i" else notes["fsa"]) / "last.pt"
             if ck.is_file():
                 try:
                     dev = dev or resolve_device(device)
@@ -298,10 +339,32 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     return figs, problems
 
 
+def _curves(workdir: Path, config: str, notes: dict) -> dict | None:
+    """Phase I test top-1 and training loss by epoch, Phase III test top-1 by iteration; a line per run."""
+    p1, p3 = [], []
+    for m in notes["members"]:
+        label = f"seed {m['seed']}" if m["seed"] is not None else m["note"]
+        met = _read_json(workdir / "log" / "phase_i" / config / m["note"] / "metrics.json") or {}
+        if met.get("history") or met.get("epochs"):
+            p1.append((label, met.get("history") or [], met.get("epochs") or []))
+        for kind in ("fsa", "control"):
+            for r in m[kind]:
+                h = (_read_json(workdir / "log" / "phase_iii" / config / r / "metrics.json") or {}).get("history")
+                if h:
+                    p3.append((r, kind, h))
+    if not p1:
+        return None
+    fig = F.curves_figure(p1, p3, title=f"{config}: training curves")
+    return {"name": "curves", "title": "Training curves",
+            "caption": "Left: Phase I test top-1 at the evaluated epochs; middle: Phase I training loss by epoch; "
+                       "right: Phase III test top-1 by iteration (FSA solid, No-Aug control dashed). One line per run.",
+            "png": F.render_png(fig)}
+
+
 def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summary: dict | None) -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
-    from ..phases.pipeline import summary_table
+    from ..phases.summary import table
 
     log_dir = workdir / "run_summary" / "run" / config / note
     w = SummaryWriter(log_dir=str(log_dir))
@@ -314,7 +377,7 @@ def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summar
                 if r.get(c) is not None:
                     w.add_scalar(f"summary/{_tag(str(r.get('model')))}/{c}", float(r[c]), 0)
         if rows:
-            w.add_text("summary", summary_table([(r.get("model"), r) for r in rows]), 0)
+            w.add_text("summary", table(rows), 0)
     finally:
         w.flush()
         w.close()
@@ -339,8 +402,9 @@ def write_run_report(workdir, config: str, note: str, print_fn=print, device=Non
     figs, problems = run_figures(workdir, config, note, device, compute_confusion, print_fn)
     for f in figs:
         write_bytes(out / f"{f['name']}.png", f["png"])
-    p2 = _phase_ii_figures(workdir, config, note)
-    env = _read_json(workdir / "log" / "phase_i" / config / note / "environment.json")
+    first = _notes(summary, note)["phase_i"]
+    p2 = _phase_ii_figures(workdir, config, first)
+    env = _read_json(workdir / "log" / "phase_i" / config / first / "environment.json")
     configs = (summary or {}).get("configs") or {}
     intro = f"Feature Space Augmentation (fsa-lt) run {config} / {note}."
     c3 = configs.get("phase_iii")

@@ -1,0 +1,290 @@
+"""Run records: what makes a phase's outputs complete, and whether they are still the ones asked for.
+
+A phase's outputs are **complete** when its log folder holds ``record.json``.  The record is
+written once, atomically, as the last act of a phase that finished; nothing rewrites it
+(test mode and ``visualize`` write files of their own).  It holds
+
+    run_id     a fresh id of this finished run (what later phases name as their input)
+    config     the resolved config the phase ran with (every key)
+    inputs     what it consumed: the Phase I record's run_id and the checkpoint file's
+               SHA-256 (Phase II), the Phase II record's run_id and the store index's
+               SHA-256 (Phase III)
+    outputs    SHA-256 of the files later phases read (Phase I / III checkpoints, the
+               store index), so a file replaced after the fact is noticed
+    environment, segments, started, finished, seconds
+
+While a phase runs, ``pending.json`` (the config, the start time) marks its folder as an
+interrupted run until the record replaces it; Phase I's ``last.pt`` carries its config too.
+
+`inspect_phase` compares what is on disk with the config a command asks for and returns
+one of ``complete`` (reuse), ``stale`` (finished, but from an input that has changed
+since: redo), ``interrupted`` (resume or restart with the same settings), ``absent``;
+outputs made with **other settings** are a `ConfigError` naming the keys that differ
+(``train.epochs: 1 -> 200``) unless the caller forces a replacement.  With ``--force``
+a phase writes into a staging folder beside the old one and `swap_in` puts it in place
+only when the new run has finished, so the old outputs stay valid until then.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..engine.io import write_json
+from ..errors import CheckpointError, ConfigError
+
+RECORD = "record.json"
+PENDING = "pending.json"
+RECORD_FORMAT = "fsa-lt-record/1"
+STAGING_SUFFIX = ".staging"
+
+# Keys that cannot change what a phase computes (where the data lie, how many loader
+# workers, how often a resume point or a spare checkpoint is written, the batch size of
+# evaluation): not compared.
+OPERATIONAL = frozenset({
+    "dataset.root", "dataset.download", "dataset.num_workers",
+    "train.save_every", "train.checkpoint_every", "train.eval_batch_size",
+    "finetune.save_every",
+})
+# The sections each phase's result depends on; the rest of the config belongs to later phases.
+# Phase I's head/tail columns are recomputed on the store's split wherever they are compared,
+# so the extract section does not bind it; Phase II uses neither the seed nor the thresholds
+# (tau_s / tau_g apply in Phase III, which is why they can be swept without a new store).
+_PHASE_KEYS = {
+    "phase_i": (("seed", "dataset", "model", "train"), ()),
+    "phase_ii": (("dataset", "model", "train", "extract"), ("extract.tau_s", "extract.tau_g")),
+    "phase_iii": (("seed", "dataset", "model", "train", "extract", "finetune"), ()),
+}
+
+
+# ----------------------------------------------------------------------------- files
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_file(path: Path) -> dict | None:
+    """A JSON object, or None if the file is absent; a corrupt file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable run record ({type(exc).__name__}); "
+                              "remove it or replace the run with --force") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a run record")
+    return obj
+
+
+def read_record(log_dir: Path) -> dict | None:
+    rec = read_json_file(Path(log_dir) / RECORD)
+    if rec is not None and rec.get("format") != RECORD_FORMAT:
+        raise CheckpointError(f"{Path(log_dir) / RECORD}: not an fsa-lt run record")
+    return rec
+
+
+def rel(workdir: Path, path: Path) -> str:
+    """`path` relative to the work folder when it lies inside it (records move with the folder)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(workdir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve(workdir: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(workdir) / p
+
+
+# ----------------------------------------------------------------------------- configs
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def phase_view(config: dict, phase: str) -> dict[str, Any]:
+    """The dotted keys of a config dict that `phase`'s result depends on (defaults filled in
+    for keys an older record does not have: a key added later has the old behaviour as default)."""
+    sections, ignore = _PHASE_KEYS[phase]
+    full = _flatten(Config().to_dict())
+    full.update(_flatten({k: v for k, v in config.items() if k not in ("name", "sources")}))
+    return {k: v for k, v in full.items()
+            if k.split(".")[0] in sections and k not in OPERATIONAL and k not in ignore}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def config_diff(old: dict, new: dict, phase: str) -> list[str]:
+    """``key: old -> new`` for every key of `phase`'s view that differs."""
+    a, b = phase_view(old, phase), phase_view(new, phase)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "(absent)"), b.get(k, "(absent)")
+        if not _same(va, vb):
+            out.append(f"{k}: {va!r} -> {vb!r}".replace("'", ""))
+    return out
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass
+class PhaseState:
+    status: str                     # complete | stale | interrupted | absent
+    record: dict | None = None
+    reason: str = ""
+    resume_from: Path | None = None  # Phase I: last.pt of an interrupted run with these settings
+    diff: list[str] = field(default_factory=list)
+    cause: str = ""                  # why stale: settings (forced), outputs (changed files, forced), input
+
+    @property
+    def replaced_by_force(self) -> bool:
+        """Outputs that only --force lets a new run replace (other settings, or changed files)."""
+        return bool(self.diff) or self.cause in ("settings", "outputs")
+
+
+def log_dir(workdir: Path, phase: str, config: str, note: str) -> Path:
+    return Path(workdir) / "log" / phase / config / note
+
+
+def _changed_message(phase: str, where: Path, what: str, diff: list[str], command: str) -> str:
+    shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+    return (f"{phase} outputs in {where} were {what} with other settings ({shown}); "
+            f"to replace them add --force, or use a new --note ({command})")
+
+
+def inspect_phase(workdir: Path, phase: str, cfg: Config, note: str, upstream: dict | None = None,
+                  force: bool = False, command: str = "") -> PhaseState:
+    """What the outputs of `phase` for config/note hold, against the settings `cfg` asks for.
+
+    upstream: the records this phase consumes (``{'phase_i': rec, 'phase_ii': rec}``), to tell
+    a finished run made from an earlier input (stale). Raises `ConfigError` when finished or
+    interrupted outputs were made with other settings and `force` is False.
+    """
+    workdir = Path(workdir)
+    ldir = log_dir(workdir, phase, cfg.name, note)
+    now = cfg.to_dict()
+    rec = read_record(ldir)
+    if rec is not None:
+        diff = config_diff(rec.get("config") or {}, now, phase)
+        if diff:
+            if force:
+                return PhaseState("stale", rec, "settings changed (--force)", diff=diff, cause="settings")
+            raise ConfigError(_changed_message(phase, ldir, "made", diff, command))
+        problem = _outputs_problem(workdir, rec)
+        if problem:
+            if force:
+                return PhaseState("stale", rec, problem, cause="outputs")
+            raise CheckpointError(f"{phase} record {ldir / RECORD} no longer matches its outputs ({problem}); "
+                                  f"redo the phase with --force ({command})")
+        for up, up_rec in (upstream or {}).items():
+            want = (rec.get("inputs") or {}).get(up, {}).get("run_id")
+            if up_rec is None or want != up_rec.get("run_id"):
+                return PhaseState("stale", rec, f"its {up.replace('_', ' ')} input has been redone since", cause="input")
+        return PhaseState("complete", rec)
+    saved = None
+    pending = read_json_file(ldir / PENDING)
+    if pending is not None:
+        saved = pending.get("config")
+    last = None
+    if phase == "phase_i":
+        last = workdir / "checkpoints" / phase / cfg.name / note / "last.pt"
+        if last.is_file():
+            from ..engine.checkpoint import load_checkpoint
+
+            saved = load_checkpoint(last, expect_phase="phase_i").get("config") or saved
+        else:
+            last = None
+    if saved is None:
+        return PhaseState("absent")
+    diff = config_diff(saved, now, phase)
+    if diff:
+        if force:
+            return PhaseState("absent", reason="an interrupted run with other settings is replaced (--force)", diff=diff)
+        raise ConfigError(_changed_message(phase, ldir, "started (and interrupted)", diff, command))
+    return PhaseState("interrupted", resume_from=last)
+
+
+def _outputs_problem(workdir: Path, rec: dict) -> str:
+    for name, info in (rec.get("outputs") or {}).items():
+        path = resolve(workdir, info["path"])
+        if not path.is_file():
+            return f"{path} is missing"
+        if info.get("sha256") and sha256_file(path) != info["sha256"]:
+            return f"{path} has changed since the record was written"
+    return ""
+
+
+# ----------------------------------------------------------------------------- writing
+def staging_note(note: str) -> str:
+    return f"{note}{STAGING_SUFFIX}"
+
+
+def write_pending(ldir: Path, cfg: Config, phase: str, note: str) -> None:
+    write_json(Path(ldir) / PENDING, {"phase": phase, "note": note, "config": cfg.to_dict(),
+                                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid()})
+
+
+def new_record(phase: str, cfg: Config, note: str, inputs: dict, outputs: dict, environment: dict,
+               started: str, seconds: float, metrics: dict | None = None, **extra) -> dict:
+    return {"format": RECORD_FORMAT, "phase": phase, "config_name": cfg.name, "note": note,
+            "run_id": uuid.uuid4().hex, "config": cfg.to_dict(), "inputs": inputs, "outputs": outputs,
+            "environment": environment, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": seconds, "metrics": metrics, **extra}
+
+
+def file_output(workdir: Path, path: Path) -> dict:
+    return {"path": rel(workdir, path), "sha256": sha256_file(path)}
+
+
+def write_record(ldir: Path, record: dict) -> None:
+    """The last file a finished phase writes; removes the pending marker."""
+    write_json(Path(ldir) / RECORD, record)
+    try:
+        (Path(ldir) / PENDING).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def swap_in(staged: dict[str, Path], final: dict[str, Path]) -> None:
+    """Put a finished staging run's folders in place of the old ones (per kind: ckpt, log, tb, feature).
+
+    The record (in the log folder) moves last, so an interruption in between leaves no record
+    that names files it does not match."""
+    order = [k for k in ("ckpt", "tb", "feature", "log") if k in staged]
+    for kind in order:
+        src, dst = Path(staged[kind]), Path(final[kind])
+        if not src.exists():
+            continue
+        trash = dst.with_name(f".{dst.name}.replaced-{uuid.uuid4().hex[:8]}")
+        if dst.exists():
+            os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+__all__ = ["RECORD", "PENDING", "PhaseState", "inspect_phase", "config_diff", "phase_view", "read_record",
+           "write_record", "write_pending", "new_record", "file_output", "sha256_file", "swap_in", "staging_note",
+           "rel", "resolve", "log_dir"]
