@@ -47,11 +47,12 @@ STAGING_SUFFIX = ".staging"
 
 # Keys that cannot change what a phase computes (where the data lie, how many loader
 # workers, how often a resume point or a spare checkpoint is written, the batch size of
-# evaluation): not compared.
+# evaluation, whether Phase III reads the store from memory or memory-mapped: the same
+# batches, bit for bit, tests/test_store.py): not compared.
 OPERATIONAL = frozenset({
     "dataset.root", "dataset.download", "dataset.num_workers",
     "train.save_every", "train.checkpoint_every", "train.eval_batch_size",
-    "finetune.save_every",
+    "finetune.save_every", "extract.store_access",
 })
 # The sections each phase's result depends on; the rest of the config belongs to later phases.
 # Phase I's head/tail columns are recomputed on the store's split wherever they are compared,

@@ -319,13 +319,13 @@ def synthetic_figure(samples: list[dict], n_a: int, title: str):
 def compute_maps(model, ds, indices, device, amp: bool = False):
     """Feature maps (float32, CPU) and normalised own-class CAMs of training images, through the model."""
     from ..engine.trainer import autocast
-    from ..method import class_activation_maps, normalize_cams
+    from ..method import cam_weights, class_activation_maps, normalize_cams
 
     model.eval()
     idx = [int(i) for i in indices]
     if not idx:
         return None, None
-    weight = model.get_classifier().weight.float()
+    weight = cam_weights(model.get_classifier())
     fm, cams = [], []
     for k in range(0, len(idx), 64):
         part = idx[k:k + 64]
@@ -407,7 +407,8 @@ def visualize(cfg, note: str, workdir=".", device=None, per_class: int = 4, max_
     require_phase_output(ckpt, "Phase I checkpoint", f"fsa-lt train --config {cfg.name} --note {note}")
     model, _ = load_phase_model(cfg, ckpt, "phase_ii", K, dev, expect_phase="phase_i")
     model.eval()
-    data = store.load_shards(folder, index) if index["mode"] == "cached" else None
+    data = (dict(zip(("fmaps", "cams"), store.open_store(folder, index, "cpu", "mmap")[:2]))  # a few maps: mapped
+            if index["mode"] == "cached" else None)
     maps = _Maps(data, model, ds, dev, cfg.train.amp)
     tau_s, tau_g = cfg.extract.tau_s, cfg.extract.tau_g
     tail = [int(c) for c in index["tail"]]
