@@ -54,7 +54,7 @@ if str(REPO) not in sys.path:
 from fsa_lt.data.cifar import CIFAR_SPECS, CIFARLT, class_sizes  # noqa: E402
 from fsa_lt.data.device_loader import DeviceLoader  # noqa: E402
 from fsa_lt.data.transforms import cifar_eval_transform, cifar_train_transform  # noqa: E402
-from fsa_lt.engine.trainer import train_epoch  # noqa: E402
+from fsa_lt.engine.trainer import cpu_bf16_native, train_epoch  # noqa: E402
 from fsa_lt.method import (FSASampler, build_batch, class_activation_maps, confusing_classes,  # noqa: E402
                            head_tail_split, normalize_cams)
 from fsa_lt.models import create_model  # noqa: E402
@@ -217,12 +217,28 @@ def plain_train_steps(model, batches, opt, device):
         opt.step()
 
 
+def cpu_precisions(args, device) -> list:
+    """The autocast modes of the fast path: bf16 on CUDA; on a CPU fp32 and, with --cpu-bf16,
+    bf16 too (forced, so the row exists where the CPU lacks native bf16: the header says which)."""
+    if device.type == "cuda":
+        return [True]
+    return [False, "always"] if args.cpu_bf16 else [False]
+
+
+def precision_label(device, amp) -> str:
+    if not amp:
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16 autocast"
+    native = cpu_bf16_native()
+    return f"bf16 autocast ({'native: ' + native if native else 'emulated: no native bf16'})"
+
+
 def bench_phase_i(args, ds, model_name, device):
-    amp = device.type == "cuda"
     out = []
     loss_fn = nn.CrossEntropyLoss()
 
-    def fast(compile_mode=None):
+    def fast(compile_mode=None, amp=device.type == "cuda"):
         model = build(model_name, device, True)
         opt = sgd(model.parameters())
         fwd = torch.compile(model, mode=compile_mode) if compile_mode else model
@@ -233,7 +249,7 @@ def bench_phase_i(args, ds, model_name, device):
         w = timed(lambda: run(args.warmup), device)
         t = timed(lambda: run(args.steps), device)
         path = f"fast + torch.compile ({compile_mode})" if compile_mode else "fast"
-        return row("I", model_name, path, "DeviceLoader", "bf16 autocast" if amp else "fp32", "channels_last",
+        return row("I", model_name, path, "DeviceLoader", precision_label(device, amp), "channels_last",
                    args.steps, args.batch_size, t, w)
 
     def reference():
@@ -247,7 +263,8 @@ def bench_phase_i(args, ds, model_name, device):
                    "fp32", "contiguous", args.steps, args.batch_size, t, w)
 
     out.append(reference())
-    out.append(fast())
+    for amp in cpu_precisions(args, device):
+        out.append(fast(amp=amp))
     if args.compile:
         for mode in args.compile_modes:
             out.append(fast(mode))
@@ -274,22 +291,23 @@ def plain_extract(model, batches, device, dtype=torch.float16):
 
 
 def bench_phase_ii(args, ds, model_name, device):
-    amp = device.type == "cuda"
     bs = args.extract_batch
     model = build(model_name, device, True)
     s = Stream(DeviceLoader(ds.data, ds.targets, bs, device, ds.mean, ds.std, train=False))
-    run = lambda n: forward_store(model, s.take(n), device, amp, keep_maps=True)  # noqa: E731
-    w = timed(lambda: run(args.warmup), device)
-    t = timed(lambda: run(args.extract_steps), device)
-    fast = row("II", model_name, "fast", "DeviceLoader", "bf16 autocast" if amp else "fp32", "channels_last",
-               args.extract_steps, bs, t, w)
+    fast = []
+    for amp in cpu_precisions(args, device):
+        run = lambda n: forward_store(model, s.take(n), device, amp, keep_maps=True)  # noqa: E731
+        w = timed(lambda: run(args.warmup), device)
+        t = timed(lambda: run(args.extract_steps), device)
+        fast.append(row("II", model_name, "fast", "DeviceLoader", precision_label(device, amp), "channels_last",
+                        args.extract_steps, bs, t, w))
     ref_model = build(model_name, device, False)
     sr = Stream(data_loader(ds, cifar_eval_transform(ds.mean, ds.std), bs, args.num_workers, device, False, False))
     w = timed(lambda: plain_extract(ref_model, sr.take(args.warmup), device), device)
     t = timed(lambda: plain_extract(ref_model, sr.take(args.extract_steps), device), device)
     ref = row("II", model_name, "reference", f"DataLoader, {args.num_workers} workers", "fp32", "contiguous",
               args.extract_steps, bs, t, w)
-    return [ref, fast]
+    return [ref, *fast]
 
 
 # ----------------------------------------------------------------------------- Phase III
@@ -534,7 +552,7 @@ def header(args, device, data_desc, n_images) -> dict:
         "extract_batch": args.extract_batch, "models": args.models, "data": data_desc,
         "steps": args.steps, "warmup": args.warmup, "extract_steps": args.extract_steps,
         "p3_steps": args.p3_steps, "num_workers": args.num_workers, "quick": args.quick,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "cpu_bf16": cpu_bf16_native(),
         "argv": sys.argv[1:],
     }
 
@@ -552,6 +570,7 @@ def format_header(h: dict) -> str:
         "",
         f"- card: {h['card']}",
         f"- torch {h['torch']}" + (f" (CUDA {h['cuda']})" if h.get("cuda") else "") + f", Python {h['python']}",
+        f"- native bf16 on this CPU: {h.get('cpu_bf16') or 'no (no AVX-512 BF16 or AMX)'}",
         sizes,
         f"- data: {h['data']}",
     ])
@@ -576,6 +595,19 @@ def format_e2e(rows: list[dict]) -> str:
                      f"{r['median_epoch_s']:.3f} | {r['eval_s']:.2f} | {r['other_s']:.2f} | {r['wall_s']:.1f} | "
                      f"{r['projected_full_train_s']:.0f} ({r['full_epochs']} epochs) | {r['speedup']:.2f}x |")
     return "\n".join(lines)
+
+
+def bf16_ratios(rows) -> list:
+    """The fast path's bf16 rate over its fp32 rate, per phase and model (CPU rows)."""
+    out = []
+    for r in rows:
+        if r["path"] == "fast" and r["precision"].startswith("bf16"):
+            f = next((x for x in rows if x["phase"] == r["phase"] and x["model"] == r["model"] and x["path"] == "fast"
+                      and x["precision"] == "fp32"), None)
+            if f:
+                out.append({"phase": r["phase"], "model": r["model"], "ratio": r["rate"] / f["rate"],
+                            "precision": r["precision"]})
+    return out
 
 
 def add_speedups(rows):
@@ -605,6 +637,9 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers of the reference path")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="on a CPU, also time the fast path under bf16 autocast beside fp32 (forced where the "
+                        "CPU has no native bf16; the precision column says which)")
     p.add_argument("--compile-modes", default="default,reduce-overhead",
                    help="--compile: torch.compile modes, one row each (reduce-overhead adds CUDA graphs)")
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (seconds on a CPU)")
@@ -670,8 +705,11 @@ def main(argv=None) -> int:
                 rows += bench_phase_iii(args, ds, m, device)
         add_speedups(rows)
         rows.sort(key=lambda r: (r["phase"], args.models.index(r["model"])))
-        result = {"header": h, "rows": rows}
+        result = {"header": h, "rows": rows, "bf16_vs_fp32": bf16_ratios(rows)}
         print("\n" + format_rows(rows))
+        for r in result["bf16_vs_fp32"]:
+            print(f"\nPhase {r['phase']} {r['model']}: bf16 autocast {r['ratio']:.2f}x the fp32 rate "
+                  f"({r['precision']}), same process")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))

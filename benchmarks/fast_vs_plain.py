@@ -1,13 +1,20 @@
 #!/usr/bin/env python
-"""Does the device-resident fast path train to the same accuracy as the plain DataLoader path?
+"""Do two ways of training reach the same accuracy? The fast path against the plain DataLoader
+path (`--vary fast_path`, the default), or bf16 autocast against fp32 (`--vary precision`).
 
-Runs Phase I through the real code (`fsa_lt.phases.phase_i.train`) for several seeds with
-`train.fast_path=on` and `train.fast_path=off`, same config otherwise, and prints a table of
-final top-1 (and many/medium/few) per seed with the mean and standard deviation of each path,
-plus the wall time per epoch.  The two paths draw different random crops/flips (different
-random streams), so equality is statistical: the means should agree within the seed spread.
+Runs Phase I through the real code (`fsa_lt.phases.phase_i.train`) for several seeds in both
+variants, same config otherwise, and prints a table of final top-1 (and many/medium/few) per
+seed with the mean and standard deviation of each variant, plus the wall time per epoch.
+
+* fast_path: `train.fast_path=on` / `off`. The two draw different random crops/flips
+  (different random streams), so equality is statistical: the means should agree within the
+  seed spread.
+* precision: `train.amp=false` (fp32) / `train.amp=true train.amp_cpu=always` (bf16 autocast,
+  forced on a CPU without native bf16, where it is emulated and slow but rounds the same way).
+  Same random streams, so the per-seed differences are the effect of the precision alone.
 
     python benchmarks/fast_vs_plain.py --config digits-LT_resnet20 --seeds 0 1 2 --device cpu
+    python benchmarks/fast_vs_plain.py --vary precision --config digits-LT_resnet20 --seeds 0 1 2
     python benchmarks/fast_vs_plain.py --config cifar10-LT_resnet32 --seeds 0 1 2 --device cuda \
         dataset.root=/data train.epochs=200
 """
@@ -27,13 +34,20 @@ import torch  # noqa: E402
 
 from fsa_lt.config import load_config  # noqa: E402
 from fsa_lt.engine.io import environment  # noqa: E402
+from fsa_lt.engine.trainer import precision_note  # noqa: E402
 from fsa_lt.phases import phase_i  # noqa: E402
+
+VARIANTS = {
+    "fast_path": [("fast", ["train.fast_path=on"]), ("plain", ["train.fast_path=off"])],
+    "precision": [("fp32", ["train.amp=false"]), ("bf16", ["train.amp=true", "train.amp_cpu=always"])],
+}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="digits-LT_resnet20")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--vary", choices=sorted(VARIANTS), default="fast_path", help="what the two variants differ in")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default=None, help="default: a temporary folder")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -41,29 +55,31 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="fast_vs_plain_"))
     rows = []
-    for path in ("on", "off"):
+    for path, extra in VARIANTS[a.vary]:
         for seed in a.seeds:
-            cfg = load_config(a.config, "phase_i", list(a.overrides) + [f"seed={seed}", f"train.fast_path={path}",
+            cfg = load_config(a.config, "phase_i", list(a.overrides) + [f"seed={seed}", *extra,
                                                                          "train.eval_every=1000000"])
             t0 = time.perf_counter()
             res = phase_i.train(cfg, f"{path}-s{seed}", wd, a.device)
             dt = time.perf_counter() - t0
             f = res["final"]
-            rows.append({"path": "fast" if path == "on" else "plain", "seed": seed, "top1": f["top1"],
+            rows.append({"path": path, "seed": seed, "top1": f["top1"],
                          "many": f["many"], "medium": f["medium"], "few": f["few"],
                          "s_per_epoch": dt / cfg.train.epochs})
     env = environment()
     card = env["gpu"] or f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{a.config}, {cfg.train.epochs} epochs, {cfg.model.name}, batch {cfg.train.batch_size}; "
           f"device {a.device} ({card}); torch {env['torch']}, python {env['python']}\n")
-    print("| path | seed | top1 | many | medium | few | s/epoch (incl. final eval) |")
+    print(f"precision of the bf16 variant: {precision_note(torch.device(a.device), 'always')}" if a.vary == "precision"
+          else "")
+    print("| variant | seed | top1 | many | medium | few | s/epoch (incl. final eval) |")
     print("|---|---|---|---|---|---|---|")
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         print(f"| {r['path']} | {r['seed']} | {fmt(r['top1'])} | {fmt(r['many'])} | {fmt(r['medium'])} | "
               f"{fmt(r['few'])} | {r['s_per_epoch']:.2f} |")
     summary = {}
-    for p in ("fast", "plain"):
+    for p, _ in VARIANTS[a.vary]:
         t = [r["top1"] for r in rows if r["path"] == p]
         sd = statistics.stdev(t) if len(t) > 1 else 0.0
         summary[p] = {"mean": statistics.mean(t), "std": sd,

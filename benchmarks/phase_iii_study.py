@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fsa_lt.config import load_config  # noqa: E402
 from fsa_lt.phases import phase_ii, phase_iii  # noqa: E402
-from fsa_lt.phases.pipeline import summary_table  # noqa: E402
+from fsa_lt.phases.summary import summary_table  # noqa: E402
 
 VARIANTS = [  # (label, variant name, overrides)
     ("FSA, tau_s 0.6 / tau_g 0.4", "tau64", ["extract.tau_s=0.6", "extract.tau_g=0.4"]),
@@ -67,10 +67,13 @@ def main(argv=None) -> int:
         phase_iii.finetune(cfg, note, wd, a.device)
         rows.append((label, final(wd, cfg, note)["final"]))
     if "hr95" not in a.skip:  # a second Phase II: head/tail split and confusing classes change with h_r
-        src = wd / "checkpoints/phase_i" / a.config / note
-        dst = wd / "checkpoints/phase_i" / a.config / f"{note}-hr95"
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "last.pt", dst / "last.pt")
+        # the same finished Phase I under <note>-hr95: its record names the checkpoint it made by
+        # path and SHA-256, so a copy of the record stands for that run without copying the weights
+        src = wd / "log/phase_i" / a.config / note / "record.json"
+        dst = wd / "log/phase_i" / a.config / f"{note}-hr95" / "record.json"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            shutil.copy2(src, dst)
         for aug, label in (("true", "FSA, h_r 0.95"), ("false", "No-Aug, h_r 0.95")):
             cfg = load(["extract.h_r=0.95", f"finetune.augment={aug}"])
             if aug == "true":

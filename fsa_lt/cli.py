@@ -6,6 +6,7 @@
     fsa-lt finetune  --config NAME --note NOTE [--mode train|test] [--force]  Phase III
     fsa-lt run       --config NAME --note NOTE [--force] [--control] [--resume]
                      [--seeds S ...] [--phase-iii-seeds K ...]                I, II, III
+    fsa-lt compare   --config NAME --note NOTE [--methods fsa,no-aug,crt,...] FSA beside the baselines
     fsa-lt demo                                                               offline demo
     fsa-lt visualize --config NAME --note NOTE                                figures
     fsa-lt data      --config NAME [--verify] [--out DIR]                     data set profile
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run Phase III with the augmentation off (the paper's 'No Aug' control)")
     _seed_flags(p)
 
+    p = sub.add_parser("compare", help="FSA beside the long-tailed baselines over one finished Phase I, one table")
+    _common(p)
+    p.add_argument("--methods", default="fsa,no-aug,crt,tau-norm,lws,la-posthoc",
+                   help="comma-separated: fsa, no-aug, crt, tau-norm, lws, la-posthoc (default: all)")
+    p.add_argument("--phase-iii-seeds", type=int, nargs="*", default=None, metavar="K",
+                   help="repeat every method with finetune.seed=K (mean ± std over them)")
+    p.add_argument("--force", action="store_true", help=_FORCE)
+
     p = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits, offline, in minutes on a CPU")
     _common(p, config_required=False, note_default="demo")
     p.add_argument("--force", action="store_true")
@@ -129,6 +138,12 @@ def dispatch(args) -> int:
             phase_iii.finetune(cfg, args.note, args.workdir, args.device, force=args.force)
         else:
             phase_iii.test(cfg, args.note, args.workdir, args.device, checkpoint=args.checkpoint)
+        return 0
+    if cmd == "compare":
+        from .phases import pipeline
+
+        pipeline.compare(args.config, args.note, args.workdir, args.device, args.overrides, methods=args.methods,
+                         force=args.force, phase_iii_seeds=args.phase_iii_seeds)
         return 0
     if cmd in ("run", "demo"):
         from .phases import pipeline

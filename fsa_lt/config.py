@@ -140,6 +140,12 @@ class ExtractConfig:
     mode: Literal["cached", "online"] = "cached"
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = 500
+    # How Phase III reads a cached store (not what Phase II writes; the batches are identical):
+    # "memory" loads the maps and CAMs into device memory (host memory on a CPU), the fastest for
+    # small stores (CIFAR); "mmap" gathers each batch's maps from the memory-mapped files (the
+    # OS page cache is shared by all processes), for stores larger than memory; "auto" takes
+    # memory when the store is at most half of the free memory, and logs the choice.
+    store_access: Literal["auto", "memory", "mmap"] = "auto"
 
 
 @dataclass
@@ -164,6 +170,19 @@ class FinetuneConfig:
     # Seed of Phase III alone (the batch draws, gamma, the fusion's draws); None: `seed`. A set
     # seed writes to <note>[-<variant>]-fs<seed>, so several Phase III seeds share one Phase I.
     seed: Optional[int] = None
+    # What Phase III does with the frozen Phase I backbone: "fsa" (the paper; augment=false is its
+    # No-Aug control), or a classifier re-balancing baseline beside it, written to
+    # <note>-<method>: "crt" (a fresh classifier on class-balanced batches), "lws" (learnt
+    # per-class logit scales, class-balanced batches), "tau_norm" (w_j / |w_j|^tau) and
+    # "la_posthoc" (logits - tau log prior) (Kang et al., ICLR 2020; Menon et al., ICLR 2021).
+    # cRT and LWS use the same optimiser, lr, batch size and iterations as FSA (like for like).
+    method: Literal["fsa", "crt", "lws", "tau_norm", "la_posthoc"] = "fsa"
+    # tau of tau_norm (in [0, 1]) and la_posthoc (>= 0); None: chosen on a held-out slice of the
+    # training set (class-balanced accuracy over a grid), never on the test set; the choice and the
+    # whole curve are recorded.
+    tau: Optional[float] = None
+    # The held-out slice: this fraction of every class, at least one image, never a class's last.
+    holdout_fraction: float = 0.1
     eval_every: int = 800
     save_every: int = 1600
 
@@ -348,6 +367,15 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(1 <= f.n_a <= e.n_f, "finetune.n_a", f"must be in [1, extract.n_f={e.n_f}]")
     need(f.iterations > 0, "finetune.iterations", "must be positive")
     need(f.seed is None or f.seed >= 0, "finetune.seed", f"must be >= 0, got {f.seed}")
+    need(f.augment or f.method == "fsa", "finetune.augment",
+         f"false is FSA's No-Aug control; finetune.method={f.method} has no augmentation to turn off")
+    need(f.tau is None or f.method in ("tau_norm", "la_posthoc"), "finetune.tau",
+         f"applies to finetune.method tau_norm or la_posthoc, not {f.method}")
+    need(f.tau is None or f.method != "tau_norm" or 0.0 <= f.tau <= 1.0, "finetune.tau",
+         f"must be in [0, 1] for tau_norm, got {f.tau}")
+    need(f.tau is None or f.method != "la_posthoc" or f.tau >= 0.0, "finetune.tau",
+         f"must be >= 0 for la_posthoc, got {f.tau}")
+    need(0.0 < f.holdout_fraction <= 0.5, "finetune.holdout_fraction", f"must be in (0, 0.5], got {f.holdout_fraction}")
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.eval_every > 0, "finetune.eval_every", "must be positive")
     need(f.save_every > 0, "finetune.save_every", "must be positive")

@@ -36,6 +36,7 @@ from fsa_lt.errors import ConfigError, DataError
 from fsa_lt.method import (
     FSASampler,
     build_batch,
+    cam_weights,
     class_activation_maps,
     confusing_classes,
     head_tail_split,
@@ -175,7 +176,8 @@ def collect(model: nn.Module, loader, device=None, keep_maps: bool = True,
     ``dtype``: of the stored maps and CAMs (float16 halves the memory).
     """
     model = adapt(model)
-    weight = _linear_weight(model.get_classifier()).detach().float().clone()  # a copy: fine-tuning moves the original
+    _linear_weight(model.get_classifier())
+    weight = cam_weights(model.get_classifier()).clone()  # a copy: fine-tuning moves the original
     k, c = weight.shape
     if device is None:
         p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None

@@ -18,6 +18,8 @@ a CAM still has 4 locations; at 32 x 32 it would be 1 x 1 and degenerate), six c
       confusing classes, the same mean-score matrix.
     - Phase III from that checkpoint: the Phase I test metrics it starts from are identical;
       the backbone stays frozen; the draws differ per rank, so the final accuracy is not compared.
+    - Phase III over the 2-shard store memory-mapped (extract.store_access=mmap) vs in memory,
+      both under 2 processes: bit-identical classifier and metrics.
     - resume: a 1-epoch run resumed to 2 epochs gives bit-identical weights, optimizer state
       and metrics to an uninterrupted 2-epoch run (train.deterministic=true).
 * malformed inputs through the `fsa-lt` commands: one ``fsa-lt: error:`` line, non-zero exit,
@@ -151,13 +153,14 @@ def _check_phase_outputs(work: Path, note: str, mode: str, phase_i_done: bool = 
     assert (feat / "confusion.pt").is_file()
     if mode == "cached":
         assert index["fmap_shape"] == [512, 2, 2] and index["dtype"] == "float32"
-        assert [s["file"] for s in index["shards"]] == ["shard_000.pt"]
+        assert [sorted(f["file"] for f in s["files"].values()) for s in index["shards"]] == [
+            ["shard_000.cams.npy", "shard_000.fmaps.npy", "shard_000.labels.npy", "shard_000.pooled.npy"]]
     else:
         assert index["shards"] == [] and index["fmap_shape"] is None
     ck3 = work / "checkpoints" / "phase_iii" / NAME / note
     assert sorted(p.name for p in ck3.iterdir()) == ["best_model.pt", "last.pt", "model_iter_000020.pt"]
     m3 = _json(work / "log" / "phase_iii" / NAME / note / "metrics.json")
-    assert set(m3) == {"final", "best", "phase_i", "history"}
+    assert set(m3) == {"final", "best", "phase_i", "history", "method"} and m3["method"] == "fsa"
     assert METRIC_KEYS <= set(m3["final"]) and m3["final"]["num_test"] == sum(TEST_COUNTS)
     assert [h["iteration"] for h in m3["history"]] == [0, 10, 20]
     return index, m3
@@ -205,7 +208,7 @@ def test_inat_json_three_phases_online(data_root, tmp_path):
     assert m1["final"]["num_test"] == sum(TEST_COUNTS) and len(m1["final"]["per_class"]) == 6
     index = store.read_index(tmp_path / "feature" / INAT / "inat")
     assert index["mode"] == "online" and index["shards"] == [] and index["tail"] == [4, 5]
-    assert not list((tmp_path / "feature").rglob("shard_*.pt"))
+    assert not list((tmp_path / "feature").rglob("shard_*"))
     # class names come from the JSON categories (ids offset by 100, mapped to 0..5)
     assert "tail species_004" in (tmp_path / "log" / "phase_ii" / INAT / "inat" / "log.txt").read_text()
     m3 = _json(tmp_path / "log" / "phase_iii" / INAT / "inat" / "metrics.json")
@@ -257,6 +260,7 @@ def ddp(data_root, tmp_path_factory):
     steps = [["train", *c, "--note", "ddp", *ov],
              ["extract", *c, "--note", "ddp", *ov],
              ["finetune", *c, "--note", "ddp", *ov],
+             ["finetune", *c, "--note", "ddp", *ov, "extract.store_access=mmap", "finetune.variant=mm"],
              ["!interrupt", "train", *c, "--note", "res", *ov],
              ["train", *c, "--note", "res", "--resume", *ov],
              ["extract", *c, "--note", "res", *ov, "extract.mode=online"],
@@ -321,8 +325,8 @@ def test_ddp_phase_ii_store_matches_single(ddp, data_root, tmp_path):
     phase_ii.extract(cfg, "ddp", tmp_path, "cpu")
     fd, fs = dwork / "feature" / NAME / "ddp", tmp_path / "feature" / NAME / "ddp"
     idx_d, idx_s = store.read_index(fd), store.read_index(fs)
-    assert [(s["file"], s["start"], s["end"]) for s in idx_d["shards"]] == [("shard_000.pt", 0, 25),
-                                                                            ("shard_001.pt", 25, 50)]
+    assert [(s["files"]["fmaps"]["file"], s["start"], s["end"]) for s in idx_d["shards"]] == [
+        ("shard_000.fmaps.npy", 0, 25), ("shard_001.fmaps.npy", 25, 50)]
     assert [(s["start"], s["end"]) for s in idx_s["shards"]] == [(0, 50)]
     for k in ("head", "tail", "confusing", "class_counts", "num_samples", "fmap_shape", "mode", "dtype"):
         assert idx_d[k] == idx_s[k], k
@@ -346,6 +350,23 @@ def test_ddp_phase_ii_store_matches_single(ddp, data_root, tmp_path):
     p3 = load_checkpoint(ck3 / "last.pt", expect_phase="phase_iii")["model"]
     assert all(torch.equal(v, p3[k]) for k, v in p1.items() if not k.startswith("fc."))
     assert not torch.equal(p1["fc.weight"], p3["fc.weight"])
+
+
+def test_ddp_phase_iii_mapped_store_matches_in_memory(ddp):
+    """Phase III under two gloo processes over the 2-shard store, memory-mapped (the shards
+    stitched virtually, every rank mapping the same files) vs in memory: the same run, bit for bit."""
+    dwork, _ = ddp
+    logs = {n: (dwork / "log" / "phase_iii" / NAME / n / "log.txt").read_text() for n in ("ddp", "ddp-mm")}
+    assert "feature store memory: in host memory" in logs["ddp"]
+    assert "feature store mmap: memory-mapped from 2 shard file(s)" in logs["ddp-mm"]
+    ck = dwork / "checkpoints" / "phase_iii" / NAME
+    a = load_checkpoint(ck / "ddp" / "last.pt", expect_phase="phase_iii")["model"]
+    b = load_checkpoint(ck / "ddp-mm" / "last.pt", expect_phase="phase_iii")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+    p1 = load_checkpoint(dwork / "checkpoints" / "phase_i" / NAME / "ddp" / "last.pt")["model"]
+    assert not torch.equal(a["fc.weight"], p1["fc.weight"])  # it did train
+    ma, mb = (_json(dwork / "log" / "phase_iii" / NAME / n / "metrics.json") for n in ("ddp", "ddp-mm"))
+    assert ma["history"] == mb["history"] and ma["final"] == mb["final"]
 
 
 def test_ddp_resume_matches_uninterrupted(ddp):

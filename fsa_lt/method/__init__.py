@@ -1,11 +1,12 @@
 """Feature Space Augmentation itself: pure tensor functions, no I/O (see docs/METHOD.md)."""
 
 from fsa_lt.method.augment import FSASampler, build_batch, fuse_pooled, synthesize
-from fsa_lt.method.cam import class_activation_maps, decompose_masks, normalize_cams, usable_locations
+from fsa_lt.method.cam import cam_weights, class_activation_maps, decompose_masks, normalize_cams, usable_locations
 from fsa_lt.method.confusion import confusing_classes, mean_scores_by_class
 from fsa_lt.method.split import frequency_order, head_tail_split, shot_groups
 
 __all__ = [
+    "cam_weights",
     "class_activation_maps",
     "normalize_cams",
     "decompose_masks",

@@ -16,11 +16,23 @@ from torch import Tensor
 from fsa_lt.errors import ConfigError
 
 __all__ = [
+    "cam_weights",
     "class_activation_maps",
     "normalize_cams",
     "decompose_masks",
     "usable_locations",
 ]
+
+
+def cam_weights(classifier) -> Tensor:
+    """The K x C class vectors CAMs are built from: a cosine head's normalised rows
+    (``normalized_weight()``, what it compares features with), else ``classifier.weight``.
+
+    After min-max normalisation the two give the same CAM (a positive factor per class does
+    not change it); the normalised rows are the head's own geometry [choice]."""
+    norm = getattr(classifier, "normalized_weight", None)
+    w = norm() if callable(norm) else classifier.weight
+    return w.detach().float()
 
 
 def class_activation_maps(fmap: Tensor, weight: Tensor, labels: Tensor) -> Tensor:

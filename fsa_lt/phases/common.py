@@ -222,6 +222,10 @@ def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str
         check_compatible(state, path, cfg.model.name, len(counts))
         model = build_model(cfg, len(counts), run.device, pretrained=False)
         load_model_state(model, state, path)
+        if state.get("logit_adjust"):  # a baseline's classifier the model's head cannot hold
+            from .rebalance import AdjustedModel
+
+            model = AdjustedModel(model, state["logit_adjust"]).to(run.device)
         loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
         m = summarize(evaluate(model, loader, len(counts), run.device, amp=amp_mode(cfg.train)), counts, cfg.extract.h_r)
         m[step_key] = state.get(step_key)

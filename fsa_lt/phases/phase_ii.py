@@ -25,7 +25,7 @@ from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_st
 from ..engine.run import seed_everything
 from ..engine.trainer import amp_mode, feature_maps, precision_note
 from ..errors import ConfigError, DataError
-from ..method import class_activation_maps, confusing_classes, head_tail_split, normalize_cams
+from ..method import cam_weights, class_activation_maps, confusing_classes, head_tail_split, normalize_cams
 from . import records, store
 from .common import build_model, command_hint, counts_summary, finish_phase, needs_staging, phase_run, upstream_record
 
@@ -46,13 +46,26 @@ class _Shard(InMemoryLT):
         self.transform = ds.transform
 
 
+def _check_maps(finite, peak, keep_maps: bool, dtype) -> None:
+    if not bool(finite):
+        raise DataError("the Phase I model gives non-finite feature maps (inf or NaN) on the training set: "
+                        "it has diverged; retrain Phase I")
+    if keep_maps and dtype == torch.float16 and float(peak) > float(torch.finfo(torch.float16).max):
+        raise ConfigError(f"feature map values reach {float(peak):.4g}, beyond float16's range (65504): "
+                          "set extract.dtype=float32")
+
+
 @torch.no_grad()
-def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float16):
+def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float16, sink=None):
     """Run the frozen model (eval mode) over `loader`; returns maps, cams, labels and the score sums.
 
+    sink: None keeps the maps and CAMs (when `keep_maps`) and returns them; otherwise each
+    batch's ``(maps, cams, labels)`` goes to ``sink`` (the store writer) as it comes and only
+    the labels and score sums are returned, so the store is never held in memory.
+
     A map that is not finite, or (for a float16 store) beyond float16's range, is an error: it
-    would become inf, then NaN, in Phase III."""
-    weight = model.get_classifier().weight.float()
+    would become inf, then NaN, in Phase III (with a sink, checked before each batch is written)."""
+    weight = cam_weights(model.get_classifier())
     K = weight.shape[0]
     score_sum = torch.zeros(K, K, device=device, dtype=torch.float64)
     peak = torch.zeros((), device=device)
@@ -65,17 +78,15 @@ def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float
         score_sum.index_add_(0, y, torch.softmax(logits, 1).double())
         cam = normalize_cams(class_activation_maps(f, weight, y))
         labels.append(y)
-        if keep_maps:
+        if keep_maps and sink is not None:
+            _check_maps(finite, peak, keep_maps, dtype)
+            sink(f.to(dtype).contiguous(), cam.to(dtype), y)
+        elif keep_maps:
             fmaps.append(f.to(dtype).contiguous())
             cams.append(cam.to(dtype))
-    if not bool(finite):
-        raise DataError("the Phase I model gives non-finite feature maps (inf or NaN) on the training set: "
-                        "it has diverged; retrain Phase I")
-    if keep_maps and dtype == torch.float16 and float(peak) > float(torch.finfo(torch.float16).max):
-        raise ConfigError(f"feature map values reach {float(peak):.4g}, beyond float16's range (65504): "
-                          "set extract.dtype=float32")
+    _check_maps(finite, peak, keep_maps, dtype)
     out = {"labels": torch.cat(labels), "score_sum": score_sum}
-    if keep_maps:
+    if keep_maps and sink is None:
         out["fmaps"] = torch.cat(fmaps)
         out["cams"] = torch.cat(cams)
     return out
@@ -141,16 +152,17 @@ def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, s
                          fast=hasattr(train_set, "data") and cfg.train.fast_path != "off")
     keep = e.mode == "cached"
     dtype = torch.float16 if e.dtype == "float16" else torch.float32
-    out = forward_store(model, loader, dev, amp, keep, dtype)
-    score_sum = dist.all_reduce_sum(out["score_sum"])
     folder = run.dirs["feature"]
-    if keep:
-        store.write_shard(folder, rank, lo, out["fmaps"].cpu(), out["cams"].cpu(), out["labels"].cpu())
+    with store.ShardWriter(folder, rank, lo, hi, e.dtype, total_rows=len(train_set)) as writer:
+        out = forward_store(model, loader, dev, amp, keep, dtype, sink=writer.append if keep else None)
+        if keep:
+            writer.close()  # flushed to disk and renamed into place; the index comes after every rank's
+    score_sum = dist.all_reduce_sum(out["score_sum"])
     dist.barrier()
 
     scores = (score_sum / torch.as_tensor(np.maximum(counts, 1), device=score_sum.device)[:, None]).float()
     conf = confusing_classes(scores, tail, e.n_f)
-    fmap_shape = list(out["fmaps"].shape[1:]) if keep else None
+    fmap_shape = list(writer.fmap_shape) if keep else None
     index = {
         "mode": e.mode, "dtype": e.dtype if keep else None, "num_samples": len(train_set), "num_classes": K,
         "fmap_shape": fmap_shape, "checkpoint": ckpt_info["path"], "checkpoint_sha256": ckpt_info["sha256"],
@@ -158,12 +170,12 @@ def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, s
         "model_name": cfg.model.name, "h_r": e.h_r, "n_f": e.n_f,
         "class_counts": counts.tolist(), "head": head.tolist(), "tail": tail.tolist(),
         "confusing": {int(c): conf[i].tolist() for i, c in enumerate(tail)},
-        "shards": [{"file": store.shard_name(r), "start": shard_bounds(len(train_set), r, world)[0],
-                    "end": shard_bounds(len(train_set), r, world)[1]} for r in range(world)] if keep else [],
+        "shards": [],  # filled by rank 0 from the files every rank wrote (dtype, shape, bytes)
     }
     if run.main:
-        for s in index["shards"]:
-            s["bytes"] = (folder / s["file"]).stat().st_size
+        if keep:
+            index["shards"] = [store.describe_shard(folder, r, *shard_bounds(len(train_set), r, world))
+                               for r in range(world)]
         store.save_confusion(folder, scores.cpu())
         store.write_index(folder, index)
     dt = time.perf_counter() - t0

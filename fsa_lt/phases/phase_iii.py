@@ -31,8 +31,8 @@ from ..engine.metrics import confusion_matrix, summarize
 from ..engine.run import seed_everything
 from ..engine.trainer import amp_mode, autocast, feature_maps, precision_note
 from ..errors import CheckpointError, ConfigError, DataError
-from ..method import FSASampler, build_batch, class_activation_maps, normalize_cams, synthesize
-from . import records, store
+from ..method import FSASampler, build_batch, cam_weights, class_activation_maps, normalize_cams, synthesize
+from . import rebalance, records, store
 from .common import (build_model, command_hint, finish_phase, log_metrics, needs_staging, phase_run,
                      save_confusion_matrix, short_metrics, test_checkpoint, upstream_record)
 from .phase_i import completed
@@ -41,13 +41,15 @@ PHASE = "phase_iii"
 
 
 @torch.no_grad()
-def pooled_features(model, loader, device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled backbone features (pre-logits) and labels of a whole loader, all ranks gathered."""
+def pooled_features(model, loader, device, amp, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features (pre-logits) and labels of a whole loader, all ranks gathered
+    (`gather`: False when every rank's loader covers the whole set)."""
     feats, labels = [], []
     for f, y in feature_maps(model, loader, device, amp=amp):
         feats.append(model.forward_head(f, pre_logits=True))
         labels.append(y)
-    return dist.all_gather_cat(torch.cat(feats)), dist.all_gather_cat(torch.cat(labels))
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    return (dist.all_gather_cat(feats), dist.all_gather_cat(labels)) if gather else (feats, labels)
 
 
 @torch.no_grad()
@@ -132,12 +134,17 @@ class OnlineBatches:
         return feats, labels
 
 
+METHOD_NAMES = {"fsa": "fsa", "crt": "crt", "lws": "lws", "tau_norm": "tau-norm", "la_posthoc": "la-posthoc"}
+
+
 def output_note(cfg: Config, note: str) -> str:
-    """Where a Phase III run writes: <note>[-<variant>][-fs<finetune.seed>][-noaug]. The "No Aug"
-    control, variants and Phase III seeds sit beside the FSA run and read the same Phase I model
-    and Phase II store."""
+    """Where a Phase III run writes: <note>[-<variant>][-<method>][-fs<finetune.seed>][-noaug]. The
+    "No Aug" control, the baselines, variants and Phase III seeds sit beside the FSA run and read
+    the same Phase I model and Phase II store."""
     f = cfg.finetune
     out = f"{note}-{f.variant}" if f.variant else note
+    if f.method != "fsa":
+        out += f"-{METHOD_NAMES[f.method]}"
     if f.seed is not None:
         out += f"-fs{f.seed}"
     return out if f.augment else f"{out}-noaug"
@@ -197,11 +204,15 @@ def _prepare(cfg: Config, note: str, workdir: Path, upstream: dict) -> dict:
             "mode": mode, "ckpt": ckpt, "state": state}
 
 
-def _full_state(backbone, fc, cfg, counts, iteration, metrics, index) -> dict:
+def _full_state(backbone, head, cfg, counts, iteration, metrics, index) -> dict:
+    """A whole model (the frozen backbone, the Phase III classifier) as a checkpoint; a baseline's
+    classifier is folded into the model's own head, or kept as ``logit_adjust`` where it cannot be."""
     model = copy.deepcopy(backbone).cpu()
-    model.reset_classifier(fc.out_features)
-    model.get_classifier().load_state_dict({k: v.cpu() for k, v in fc.state_dict().items()})
-    return {
+    model.reset_classifier(len(counts))
+    state, adjust = rebalance.head_state(head, model.get_classifier())
+    model.get_classifier().load_state_dict(state)
+    extra = {"logit_adjust": adjust} if adjust is not None else {}
+    return {**extra,
         "phase": PHASE, "model_name": cfg.model.name, "num_classes": len(counts),
         "class_counts": torch.as_tensor(counts), "model": model.state_dict(), "iteration": iteration,
         "epoch": iteration, "metrics": metrics, "config": cfg.to_dict(),
@@ -224,7 +235,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
-    phase_i_weight = backbone.get_classifier().weight.detach().float().clone()
+    phase_i_weight = cam_weights(backbone.get_classifier()).clone()
     fc = copy.deepcopy(backbone.get_classifier()).float()
     for p in fc.parameters():
         p.requires_grad_(True)
@@ -244,37 +255,92 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size)
     test_feats, test_labels = pooled_features(backbone, test_loader, dev, amp)
     if mode == "cached":
-        data = store.load_shards(folder, index)
-        if not torch.equal(data["labels"], labels.cpu()):
+        # maps and CAMs in (device) memory, or memory-mapped and gathered per batch (store.open_store)
+        fmaps, cams, store_labels, pooled_real, how = store.open_store(folder, index, dev, e.store_access)
+        if not torch.equal(store_labels, labels.cpu()):
             raise DataError(f"{folder}: stored labels differ from the training set (order or content)")
-        keep_on = dev if dev.type == "cuda" else torch.device("cpu")
-        fmaps, cams = data["fmaps"].to(keep_on), data["cams"].to(keep_on)
-        pooled_real = torch.cat([c.float().mean((2, 3)) for c in fmaps.split(4096)]).to(dev)
+        run.log.info(f"feature store {how}")
         batches = None
     else:
         fmaps = cams = pooled_real = None
-        batches = OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment, seed)
-    run.log.info(f"mode {mode}; augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; "
-                 f"batch {2 * sampler.n_t * (1 + f.n_a)} per rank x {world} "
-                 f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
-                 f"{sampler.n_t * (1 + f.n_a)} head); head {len(head)} / tail {len(tail)} classes; "
-                 f"tau_s {tau_s} tau_g {tau_g}; seed {seed}; precision {precision_note(dev, amp)}; "
-                 f"setup {time.perf_counter() - t0:.1f}s")
+        batches = (OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment, seed)
+                   if f.method == "fsa" else None)
+    batch = 2 * sampler.n_t * (1 + f.n_a)
+    if f.method == "fsa":
+        what = (f"augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; batch {batch} per rank x {world} "
+                f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
+                f"{sampler.n_t * (1 + f.n_a)} head); tau_s {tau_s} tau_g {tau_g}")
+    else:
+        what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
+    run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
+                 f"precision {precision_note(dev, amp)}; setup {time.perf_counter() - t0:.1f}s")
 
     m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
     m0["iteration"] = 0
     log_metrics(run, "test", m0, 0)
-    train_fc = DDP(fc, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else fc
-    opt = torch.optim.SGD(train_fc.parameters(), lr=f.lr, momentum=f.momentum, weight_decay=f.weight_decay)
     ckpt_dir = run.dirs["ckpt"]
-    best, final, history = None, None, [{k: m0[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")}]
+    history = [{k: m0[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")}]
+    extra_payload = {}
+    if f.method == "fsa":
+        def next_batch():
+            if mode == "cached":
+                return build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen)
+            return batches.next()
+
+        head_module = fc
+    else:
+        if pooled_real is None:  # an online store: the pooled features of the training images, once
+            train_loader = make_loader(train_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size, shard=False)
+            pooled_real = pooled_features(backbone, train_loader, dev, amp, gather=False)[0]
+        head_module, next_batch, extra_payload = rebalance.prepare(f, fc, backbone, pooled_real, labels, counts, batch,
+                                                                   gen, seed, run.log.info)
+    t1 = time.perf_counter()
+    if f.method in ("tau_norm", "la_posthoc"):  # nothing to train: the adjusted classifier is the model
+        cm = evaluate_head(head_module, test_feats, test_labels, K)
+        final = summarize(cm, counts, e.h_r)
+        final["iteration"] = 0
+        best = final
+        history = [dict(history[0], **{k: final[k] for k in ("top1", "many", "medium", "few", "head", "tail")})]
+        log_metrics(run, "test", final, 0)
+        save_confusion_matrix(run, cm)
+        if run.main:
+            st = _full_state(backbone, head_module, cfg, counts, 0, final, index)
+            save_checkpoint(ckpt_dir / "best_model.pt", st)
+            save_checkpoint(ckpt_dir / "last.pt", st)
+        iterations = 0
+    else:
+        final, best, history = _train_head(run, cfg, head_module, next_batch, test_feats, test_labels, counts, history,
+                                           backbone, index)
+        iterations = f.iterations
+    dt = time.perf_counter() - t1
+    run.log.info(f"{iterations} iterations in {dt:.1f}s" + (f" ({iterations / dt:.1f} it/s)" if iterations else "")
+                 + f"; final top1 {final['top1']:.2f} (Phase I {m0['top1']:.2f}); best {best['top1']:.2f} "
+                 f"at iteration {best['iteration']} (test-set selected)")
+    payload = {"final": final, "best": best, "phase_i": m0, "history": history, "method": f.method, **extra_payload}
+    ck = run.dirs["ckpt"]
+    inputs = {"phase_i": {"run_id": upstream["phase_i"]["run_id"], "checkpoint": index["checkpoint"]},
+              "phase_ii": {"run_id": upstream["phase_ii"]["run_id"]}}
+    rec = finish_phase(run, payload, inputs=inputs, outputs={"last.pt": ck / "last.pt", "best_model.pt": ck / "best_model.pt"},
+                       summary={"final": short_metrics(final), "best (test-selected)": short_metrics(best)},
+                       iterations_per_second=iterations / dt if iterations else None,
+                       environment_extra={"precision": precision_note(dev, amp)})
+    return dict(payload, record=rec)
+
+
+def _train_head(run, cfg: Config, head_module, next_batch, test_feats, test_labels, counts, history, backbone, index):
+    """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()`, the
+    test features evaluated every finetune.eval_every iterations; FSA, its control, cRT and LWS."""
+    f, e = cfg.finetune, cfg.extract
+    dev, world, K = run.device, dist.world_size(), len(counts)
+    ckpt_dir = run.dirs["ckpt"]
+    train_fc = DDP(head_module, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else head_module
+    opt = torch.optim.SGD([p for p in train_fc.parameters() if p.requires_grad], lr=f.lr, momentum=f.momentum,
+                          weight_decay=f.weight_decay)
+    best, final = None, None
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     t1 = time.perf_counter()
     for it in range(1, f.iterations + 1):
-        if mode == "cached":
-            x, y = build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen)
-        else:
-            x, y = batches.next()
+        x, y = next_batch()
         loss = F.cross_entropy(train_fc(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,7 +350,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
             n = f.eval_every if it % f.eval_every == 0 else it % f.eval_every
             avg = float(dist.all_reduce_sum(loss_sum.clone()) / world / n)
             loss_sum.zero_()
-            cm = evaluate_head(fc, test_feats, test_labels, K)
+            cm = evaluate_head(head_module, test_feats, test_labels, K)
             m = summarize(cm, counts, e.h_r)
             m["iteration"] = it
             history.append({k: m[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
@@ -294,28 +360,17 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
             if best is None or m["top1"] > best["top1"]:
                 best = m
                 if run.main:
-                    save_checkpoint(ckpt_dir / "best_model.pt", _full_state(backbone, fc, cfg, counts, it, m, index))
+                    save_checkpoint(ckpt_dir / "best_model.pt", _full_state(backbone, head_module, cfg, counts, it, m, index))
             if it == f.iterations:
                 final = m
                 save_confusion_matrix(run, cm)
         if run.main and (it % f.save_every == 0 or it == f.iterations):
-            st = _full_state(backbone, fc, cfg, counts, it, None, index)
+            st = _full_state(backbone, head_module, cfg, counts, it, None, index)
             if it % f.save_every == 0:
                 save_checkpoint(ckpt_dir / f"model_iter_{it:06d}.pt", st)
             if it == f.iterations:
                 save_checkpoint(ckpt_dir / "last.pt", st)
-    dt = time.perf_counter() - t1
-    run.log.info(f"{f.iterations} iterations in {dt:.1f}s ({f.iterations / dt:.1f} it/s); "
-                 f"final top1 {final['top1']:.2f} (Phase I {m0['top1']:.2f}); best {best['top1']:.2f} "
-                 f"at iteration {best['iteration']} (test-set selected)")
-    payload = {"final": final, "best": best, "phase_i": m0, "history": history}
-    ck = run.dirs["ckpt"]
-    inputs = {"phase_i": {"run_id": upstream["phase_i"]["run_id"], "checkpoint": index["checkpoint"]},
-              "phase_ii": {"run_id": upstream["phase_ii"]["run_id"]}}
-    rec = finish_phase(run, payload, inputs=inputs, outputs={"last.pt": ck / "last.pt", "best_model.pt": ck / "best_model.pt"},
-                       summary={"final": short_metrics(final), "best (test-selected)": short_metrics(best)},
-                       iterations_per_second=f.iterations / dt, environment_extra={"precision": precision_note(dev, amp)})
-    return dict(payload, record=rec)
+    return final, best, history
 
 
 def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:

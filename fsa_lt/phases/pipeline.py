@@ -41,6 +41,34 @@ def check_seeds(seeds, flag: str) -> list[int] | None:
     return seeds
 
 
+# Phase III "arms": what a row of the summary is; `fsa-lt compare --methods` names them.
+ARMS = {
+    "fsa": ("fsa", "Phase III, FSA", []),
+    "no-aug": ("control", "Phase III, augmentation off (No-Aug control)", ["finetune.augment=false"]),
+    "crt": ("crt", "cRT (classifier re-trained, class-balanced)", ["finetune.method=crt"]),
+    "lws": ("lws", "LWS (learnt weight scaling, class-balanced)", ["finetune.method=lws"]),
+    "tau-norm": ("tau_norm", "tau-normalisation", ["finetune.method=tau_norm"]),
+    "la-posthoc": ("la_posthoc", "post-hoc logit adjustment", ["finetune.method=la_posthoc"]),
+}
+
+
+def check_methods(methods) -> list[str]:
+    """Method names of `fsa-lt compare`, each known and given once; else a one-line ConfigError."""
+    methods = [m.strip() for m in (methods if not isinstance(methods, str) else methods.split(",")) if m.strip()]
+    if not methods:
+        raise ConfigError(f"--methods: give at least one of {', '.join(ARMS)}")
+    for m in methods:
+        if m not in ARMS:
+            import difflib
+
+            close = difflib.get_close_matches(m, list(ARMS), n=1)
+            raise ConfigError(f"--methods: unknown method '{m}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                              + f"; known: {', '.join(ARMS)}")
+        if methods.count(m) > 1:
+            raise ConfigError(f"--methods: '{m}' is given twice")
+    return methods
+
+
 @dataclass
 class Member:
     """One Phase I model (one seed of `--seeds`, or the run itself) and its Phase III runs."""
@@ -48,22 +76,25 @@ class Member:
     seed: int | None
     note: str
     cfgs: dict
-    fsa: list = field(default_factory=list)      # Phase III configs of FSA, one per Phase III seed
-    control: list = field(default_factory=list)  # the same with finetune.augment=false
+    arms: list = field(default_factory=list)  # [(key, row label, [Phase III config per Phase III seed])]
+
+    @property
+    def phase_iii(self) -> list:
+        return [c for _, _, cfgs in self.arms for c in cfgs]
 
 
-def _member(config: str, note: str, seed, overrides: list[str], control: bool, p3_seeds) -> Member:
+def _member(config: str, note: str, seed, overrides: list[str], methods: list[str], p3_seeds) -> Member:
     ov = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
     cfgs = {ph: load_config(config, ph, split_phase_overrides(ov, ph)) for ph in PHASES}
     m = Member(seed, note, cfgs)
     p3 = split_phase_overrides(ov, "phase_iii")
-    for k in p3_seeds or [None]:
-        extra = [f"finetune.seed={k}"] if k is not None else []
-        m.fsa.append(load_config(config, "phase_iii", p3 + extra))
-        if control:
-            m.control.append(load_config(config, "phase_iii", p3 + extra + ["finetune.augment=false"]))
-    if not m.fsa[0].finetune.augment:  # the FSA rows would be the control, in the control's folders
-        raise ConfigError("finetune.augment=false on `fsa-lt run`: the No-Aug control is --control; drop the override")
+    if not cfgs["phase_iii"].finetune.augment or cfgs["phase_iii"].finetune.method != "fsa":
+        raise ConfigError("finetune.augment / finetune.method overrides on `fsa-lt run`: the No-Aug control is "
+                          "--control, the baselines are `fsa-lt compare --methods`; drop the override")
+    for name in methods:
+        key, label, extra = ARMS[name]
+        m.arms.append((key, label, [load_config(config, "phase_iii", p3 + extra + ([f"finetune.seed={k}"] if k is not None else []))
+                                    for k in p3_seeds or [None]]))
     return m
 
 
@@ -82,7 +113,7 @@ def preflight(workdir: Path, members: list[Member], force: bool, command: str) -
     for m in members:
         rec_i = look("phase_i", m.cfgs["phase_i"], m.note, m.note, None)
         rec_ii = look("phase_ii", m.cfgs["phase_ii"], m.note, m.note, {"phase_i": rec_i})
-        for c in m.fsa + m.control:
+        for c in m.phase_iii:
             look("phase_iii", c, m.note, output_note(c, m.note), {"phase_i": rec_i, "phase_ii": rec_ii})
     return replace
 
@@ -104,7 +135,7 @@ def _execute(workdir: Path, m: Member, device, replace: dict, print_fn) -> dict:
     if not rec_ii.get("reused"):
         times["phase_ii"] = time.perf_counter() - t0
     up = {"phase_i": rec_i, "phase_ii": rec_ii}
-    for c in m.fsa + m.control:
+    for c in m.phase_iii:
         out = output_note(c, m.note)
         t0 = time.perf_counter()
         res = phase_iii.finetune(c, m.note, workdir, device, force=replace[(m.note, "phase_iii", out)], upstream=up,
@@ -115,28 +146,30 @@ def _execute(workdir: Path, m: Member, device, replace: dict, print_fn) -> dict:
 
 
 def member_rows(workdir: Path, config: str, m: Member) -> dict:
-    """The rows of one member: Phase I, control and FSA (each over the Phase III seeds), and the
-    paired difference FSA - control, every value read from the run it names."""
+    """The rows of one member: Phase I, then each arm over its Phase III seeds, then FSA minus the
+    control paired by Phase III seed (when both ran), every value read from the run it names."""
     ii = records.read_record(records.log_dir(workdir, "phase_ii", config, m.note))
     index = (records.read_json_file(records.log_dir(workdir, "phase_ii", config, m.note) / "metrics.json") or {}).get("index")
     split = {"head": index["head"], "tail": index["tail"]} if index else None
-    runs = {"phase_i": [(m.note, summary.final_metrics(workdir, "phase_i", config, m.note, split))]}
-    for key, cfgs in (("control", m.control), ("fsa", m.fsa)):
-        runs[key] = [(output_note(c, m.note), summary.final_metrics(workdir, "phase_iii", config, output_note(c, m.note), split))
-                     for c in cfgs]
-    rows = [summary.row("Phase I (plain training)", runs["phase_i"], key="phase_i")]
-    if runs["control"]:
-        rows.append(summary.row("Phase III, augmentation off (No-Aug control)", runs["control"], key="control"))
-    rows.append(summary.row("Phase III, FSA", runs["fsa"], key="fsa"))
-    if runs["control"]:
+
+    def seconds(phase, n):
+        rec = records.read_record(records.log_dir(workdir, phase, config, n))
+        return rec.get("seconds") if rec else None
+
+    p1 = [(m.note, summary.final_metrics(workdir, "phase_i", config, m.note, split))]
+    rows = [summary.row("Phase I (plain training)", p1, key="phase_i", seconds=seconds("phase_i", m.note))]
+    runs = {}
+    for key, label, cfgs in m.arms:
+        notes = [output_note(c, m.note) for c in cfgs]
+        runs[key] = [(n, summary.final_metrics(workdir, "phase_iii", config, n, split)) for n in notes]
+        secs = [seconds("phase_iii", n) for n in notes]
+        rows.append(summary.row(label, runs[key], key=key,
+                                seconds=sum(secs) / len(secs) if all(s is not None for s in secs) else None))
+    if "fsa" in runs and "control" in runs:
         rows.append(summary.paired_difference("FSA minus control (paired by Phase III seed)", runs["fsa"], runs["control"],
                                               key="fsa_minus_control"))
-    seconds = {}
-    for ph, n in [("phase_i", m.note), ("phase_ii", m.note)] + [("phase_iii", r) for r, _ in runs["control"] + runs["fsa"]]:
-        rec = records.read_record(records.log_dir(workdir, ph, config, n))
-        seconds[n if ph == "phase_iii" else ph] = rec.get("seconds") if rec else None
     return {"seed": m.seed, "note": m.note, "rows": rows, "phase_ii_run_id": ii["run_id"] if ii else None,
-            "split": split, "seconds": seconds}
+            "split": split, "seconds": {"phase_i": seconds("phase_i", m.note), "phase_ii": seconds("phase_ii", m.note)}}
 
 
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
@@ -148,7 +181,8 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force:
     overrides = list(overrides or [])
     seeds = check_seeds(seeds, "--seeds")
     p3_seeds = check_seeds(phase_iii_seeds, "--phase-iii-seeds")
-    members = [_member(config, f"{note}-s{s}" if s is not None else note, s, overrides, control, p3_seeds)
+    methods = (["no-aug"] if control else []) + ["fsa"]
+    members = [_member(config, f"{note}-s{s}" if s is not None else note, s, overrides, methods, p3_seeds)
                for s in (seeds or [None])]
     command = f"fsa-lt run --config {config} --note {note}"
     replace = preflight(workdir, members, force, command)
@@ -157,6 +191,58 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force:
         t = _execute(workdir, m, device, replace, print_fn)
         times.update({f"{m.note}/{k}": v for k, v in t.items()} if seeds else t)
     return write_summary(workdir, config, note, members, times, overrides, print_fn, device, report)
+
+
+def compare(config: str, note: str, workdir=".", device=None, overrides=None, methods="fsa,no-aug", force: bool = False,
+            phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
+    """FSA beside the baselines over one finished Phase I: each method of `methods` as a Phase III
+    run (over `phase_iii_seeds`), Phase II made if missing; writes ``compare.md|json`` beside the
+    run's summary and a section of its report."""
+    from .common import upstream_record
+
+    workdir = Path(workdir)
+    overrides = list(overrides or [])
+    methods = check_methods(methods)
+    p3_seeds = check_seeds(phase_iii_seeds, "--phase-iii-seeds")
+    m = _member(config, note, None, overrides, methods, p3_seeds)
+    upstream_record(workdir, "phase_i", m.cfgs["phase_i"], note)  # compare needs a finished Phase I; it trains none
+    replace = preflight(workdir, [m], force, f"fsa-lt compare --config {config} --note {note}")
+    times = _execute(workdir, m, device, replace, print_fn)
+    per = member_rows(workdir, config, m)
+    c = m.cfgs["phase_iii"]
+    n = len(p3_seeds or [None])
+    title = (f"# {config} / {note}: FSA and the baselines on one Phase I model\n\n"
+             f"{c.model.name} ({c.model.classifier} classifier, Phase I loss {m.cfgs['phase_i'].train.loss}"
+             f"{', DRW from epoch ' + str(m.cfgs['phase_i'].train.drw_epoch) if m.cfgs['phase_i'].train.drw_epoch is not None else ''}, "
+             f"{m.cfgs['phase_i'].train.epochs} epochs); Phase III methods on the frozen backbone with "
+             f"{c.finetune.iterations} iterations where they train; final models; accuracy in %; head/tail on the store's "
+             f"split; " + (f"mean ± sample std over {n} Phase III seeds ({', '.join(map(str, p3_seeds))})" if n > 1
+                          else "one Phase III seed") + "; time: seconds per run as recorded.\n")
+    taus = []
+    for key, _, cfgs in m.arms:
+        for cf in cfgs:
+            met = records.read_json_file(records.log_dir(workdir, "phase_iii", config, output_note(cf, note)) / "metrics.json") or {}
+            if met.get("tau"):
+                taus.append(f"{output_note(cf, note)}: tau {met['tau']['tau']:g} ({met['tau']['chosen_on']})")
+    text = (title + "\n" + summary.table(per["rows"], seconds=True) + "\n"
+            + ("\ntau choices: " + "; ".join(taus) + ".\n" if taus else ""))
+    payload = {"config": config, "note": note, "methods": methods, "phase_iii_seeds": p3_seeds, "overrides": overrides,
+               "rows": per["rows"], "taus": taus, "times_s": times, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from ..engine import distributed as dist
+
+    out = workdir / "log" / "run" / config / note
+    if dist.is_main():
+        write_text(out / "compare.md", text)
+        write_json(out / "compare.json", payload)
+    print_fn("\n" + text)
+    if report and dist.is_main() and (out / "summary.json").is_file():
+        try:
+            from ..viz.report import write_run_report
+
+            write_run_report(workdir, config, note, print_fn=print_fn, device=device)
+        except Exception as exc:  # a report problem must not fail a finished comparison
+            print_fn(f"[compare] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return payload
 
 
 def write_summary(workdir: Path, config: str, note: str, members: list[Member], times: dict, overrides: list[str],
@@ -168,10 +254,11 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
         rows = per[0]["rows"]
     else:
         rows = [summary.pool(r["model"], [p["rows"][i] for p in per], key=r.get("key")) for i, r in enumerate(per[0]["rows"])]
-    c = members[0].fsa[0]
+    fsa = next(cfgs for key, _, cfgs in members[0].arms if key == "fsa")
+    c = fsa[0]
     from ..data import IN_MEMORY
 
-    n_p3 = len(members[0].fsa)
+    n_p3 = len(fsa)
     imb = f", imbalance {c.dataset.imb_ratio:g} ({c.dataset.imb_type})" if c.dataset.name in IN_MEMORY else ""
     spread = []
     if len(members) > 1:
@@ -195,7 +282,7 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     out = workdir / "log" / "run" / config / note
     payload = {"config": config, "note": note, "overrides": overrides, "rows": rows, "members": per,
                "seeds": [m.seed for m in members] if members[0].seed is not None else None,
-               "phase_iii_seeds": [f.finetune.seed for f in members[0].fsa] if n_p3 > 1 or members[0].fsa[0].finetune.seed is not None else None,
+               "phase_iii_seeds": [f.finetune.seed for f in fsa] if fsa[0].finetune.seed is not None else None,
                "times_s": times, "configs": {ph: members[0].cfgs[ph].to_dict() for ph in PHASES},
                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if dist.is_main():
@@ -237,4 +324,4 @@ def demo(args) -> int:
     return 0
 
 
-__all__ = ["run", "demo", "check_seeds", "write_summary", "preflight"]
+__all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "preflight", "ARMS"]

@@ -98,12 +98,16 @@ def cell(mean, std=None, digits: int = 2, signed: bool = False) -> str:
     return s if std is None else f"{s} ± {std:.{digits}f}"
 
 
-def table(rows: list[dict], label: str = "model") -> str:
-    """Markdown table; a cell is ``mean ± std`` when the row holds more than one run."""
-    lines = [f"| {label} | n | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+def table(rows: list[dict], label: str = "model", seconds: bool = False) -> str:
+    """Markdown table; a cell is ``mean ± std`` when the row holds more than one run; with
+    `seconds`, a last column of each row's ``seconds`` (time per run)."""
+    lines = [f"| {label} | n | " + " | ".join(COLUMNS) + (" | s/run |" if seconds else " |"),
+             "|---|---|" + "---|" * (len(COLUMNS) + int(seconds))]
     for r in rows:
         signed = bool(r.get("difference"))
         cells = [cell(r.get(c), r.get(f"{c}_std"), signed=signed) for c in COLUMNS]
+        if seconds:
+            cells.append("-" if r.get("seconds") is None else f"{r['seconds']:.0f}")
         lines.append(f"| {r['model']} | {r.get('n', 1)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -153,7 +153,7 @@ def _figure_html(fig: dict) -> str:
 
 
 def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict], phase_ii_figs: list[dict],
-               configs: dict, env: dict | None, problems: list[str]) -> str:
+               configs: dict, env: dict | None, problems: list[str], compare: dict | None = None) -> str:
     import yaml
 
     e = html.escape
@@ -182,6 +182,13 @@ def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict
         parts.append("<p>No summary.json found.</p>")
     if problems:
         parts.append("<p><b>Not shown:</b></p><ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul>")
+    if compare and compare.get("rows"):
+        parts.append("<h2>FSA and the baselines (fsa-lt compare)</h2>")
+        parts.append(_rows_html(compare["rows"]))
+        seeds = compare.get("phase_iii_seeds")
+        parts.append('<p class="note">Every method on the same frozen Phase I backbone; '
+                     + (f"mean ± sample std over Phase III seeds {e(', '.join(map(str, seeds)))}" if seeds else "one seed")
+                     + ". " + e("; ".join(compare.get("taus") or [])) + "</p>")
     parts.append("<h2>Run figures</h2>")
     parts.extend(_figure_html(f) for f in run_figs)
     if phase_ii_figs:
@@ -416,7 +423,8 @@ def write_run_report(workdir, config: str, note: str, print_fn=print, device=Non
                   f"n_a {c3['finetune']['n_a']});"
                   f" tau_s {c3['extract']['tau_s']}, tau_g {c3['extract']['tau_g']}, h_r {c3['extract']['h_r']}.")
     intro += f" Report written {datetime.datetime.now().isoformat(timespec='seconds')}."
-    page = build_html(f"fsa-lt run report: {config} / {note}", intro, summary, figs, p2, configs, env, problems)
+    page = build_html(f"fsa-lt run report: {config} / {note}", intro, summary, figs, p2, configs, env, problems,
+                      compare=_read_json(out / "compare.json"))
     path = write_text(out / "report.html", page)
     if tensorboard:
         _tensorboard(workdir, config, note, figs + p2, summary)
