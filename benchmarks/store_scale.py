@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     print(f"host memory: {gb(mi['MemTotal'])} GB total, {gb(mi['MemAvailable'])} GB available; "
           f"disk free under {root.resolve()}: {gb(free)} GB")
     print(f"versions: torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
-    print(f"precision: store fp16 (maps, CAMs), pooled fp32; Phase III computes in fp32 on the CPU")
+    print("precision: store fp16 (maps, CAMs), pooled fp32; Phase III computes in fp32 on the CPU")
     print(f"sizes: ImageNet-like maps {shape}, {row} bytes a sample on disk, 1000 classes (imbalance 256); "
           f"CIFAR rows 12,406 x (64, 8, 8); Phase III batch 128 (N_t 16, N_a 3) + SGD step of a linear "
           f"classifier; {args.iters} iterations cold, then the same {args.iters} warm (best of {args.repeats}); "

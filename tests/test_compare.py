@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 from fsa_lt import cli
 from fsa_lt.config import load_config
 from fsa_lt.engine.checkpoint import load_checkpoint
-from fsa_lt.phases import phase_iii, pipeline, records
+from fsa_lt.phases import phase_iii, pipeline
 
 NAME = "cifar10-LT_resnet32"
 ALL = "fsa,no-aug,crt,tau-norm,lws,la-posthoc"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -146,8 +145,8 @@ def test_csv_and_folder_readers_give_the_same_data_set(tree, tmp_path):
     root, items = tree
     for csv_split in ("train", "val"):
         rows = expected_order(items[csv_split])
-        by_label = write_csv(tmp_path / f"{csv_split}_label.csv", rows)
-        by_name = write_csv(tmp_path / f"{csv_split}_name.csv", [(p, p.split("/")[1]) for p, _ in rows],
+        write_csv(tmp_path / f"{csv_split}_label.csv", rows)
+        write_csv(tmp_path / f"{csv_split}_name.csv", [(p, p.split("/")[1]) for p, _ in rows],
                             header=("path", "class_name"))
     for kind in ("label", "name"):
         for split, csv_split in (("train", "train"), ("test", "val")):

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
@@ -106,25 +105,6 @@ class ImageSetLT(ImageListLT):
         if self.lines is not None:
             return f"{self.source}:{int(self.lines[index])}"
         return self.source
-
-    def check_files(self) -> None:
-        """Raise `DataError` for the first image that does not exist."""
-        exists, join, root = os.path.exists, os.path.join, self.root
-        missing = [i for i, p in enumerate(self.paths) if not exists(join(root, p))]
-        if missing:
-            i = missing[0]
-            more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-            raise DataError(f"{self.where(i)}: image not found: {join(root, self.paths[i])}{more}")
-
-    def load_image(self, index: int) -> Image.Image:
-        full = os.path.join(self.root, self.paths[index])
-        try:
-            with Image.open(full) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise DataError(f"{self.where(index)}: image not found: {full}") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {full} ({self.where(index)}): {e}") from None
 
 
 # --------------------------------------------------------------------------- folders

@@ -256,18 +256,18 @@ class ImageListLT(Dataset):
             more = f" (and {empty.size - 1} more classes)" if empty.size > 1 else ""
             raise DataError(f"{self.source}: class {int(empty[0])} has no training image{more}")
 
+    def where(self, index: int) -> str:
+        """How messages name sample ``index``: ``LIST:LINE`` (one line per image)."""
+        return f"{self.source}:{index + 1}"
+
     def check_files(self) -> None:
         """Raise `DataError` for the first listed image that does not exist."""
-        exists = os.path.exists
-        join = os.path.join
-        root = self.root
+        exists, join, root = os.path.exists, os.path.join, self.root
         missing = [i for i, p in enumerate(self.paths) if not exists(join(root, p))]
         if missing:
             i = missing[0]
             more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-            raise DataError(
-                f"{self.source}:{i + 1}: image not found: {join(root, self.paths[i])}{more}"
-            )
+            raise DataError(f"{self.where(i)}: image not found: {join(root, self.paths[i])}{more}")
 
     def _default_class_names(self) -> list[str]:
         first = {}
@@ -297,9 +297,9 @@ class ImageListLT(Dataset):
             with Image.open(full) as im:
                 return im.convert("RGB")
         except FileNotFoundError:
-            raise DataError(f"{self.source}:{index + 1}: image not found: {full}") from None
+            raise DataError(f"{self.where(index)}: image not found: {full}") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {full} ({self.source}:{index + 1}): {e}") from None
+            raise DataError(f"cannot read image {full} ({self.where(index)}): {e}") from None
 
     def __getitem__(self, index: int):
         img = self.load_image(index)

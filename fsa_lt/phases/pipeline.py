@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PHASES, Config, load_config, split_phase_overrides
+from ..config import PHASES, load_config, split_phase_overrides
 from ..engine.io import write_json, write_text
 from ..errors import ConfigError
 from . import records, summary
