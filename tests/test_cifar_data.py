@@ -386,3 +386,25 @@ def test_digits_lt():
     assert not np.array_equal(other.source_indices, tr.source_indices)
     step = DigitsLT(train=True, imb_ratio=10, imb_type="step")
     assert np.bincount(step.targets).tolist() == class_sizes(n_max, 10, 10, "step")
+
+
+# --------------------------------------------------------------------------- the subset is not the training seed
+def test_training_seed_keeps_the_subset_and_subset_seed_changes_it(fake_root):
+    """`seed` trains differently on the same images; `dataset.subset_seed` (default 0, LDAM-DRW's)
+    picks the images: its default is the subset the LDAM-DRW rule gives with seed 0."""
+    from fsa_lt.config import load_config
+    from fsa_lt.data import build_dataset
+    from fsa_lt.data.cifar import load_cifar_arrays
+
+    ov = [f"dataset.root={fake_root}", "dataset.imb_ratio=10", "dataset.download=false"]
+    base = build_dataset(load_config("cifar10-LT_resnet32", "phase_i", ov), "train")
+    _, labels, _ = load_cifar_arrays("cifar10", fake_root, True)
+    ref_idx, _, _ = _ldam_drw_reference(labels, 0.1)
+    np.testing.assert_array_equal(base.indices, ref_idx)  # today's default subset, index for index
+    other_seed = build_dataset(load_config("cifar10-LT_resnet32", "phase_i", ov + ["seed=1"]), "train")
+    np.testing.assert_array_equal(other_seed.indices, base.indices)
+    np.testing.assert_array_equal(other_seed.data, base.data)
+    other_subset = build_dataset(load_config("cifar10-LT_resnet32", "phase_i", ov + ["dataset.subset_seed=1"]), "train")
+    assert np.bincount(other_subset.targets).tolist() == np.bincount(base.targets).tolist()
+    assert not np.array_equal(np.sort(other_subset.indices), np.sort(base.indices))
+    np.testing.assert_array_equal(other_subset.indices, long_tailed_indices(labels, 10, 10, "exp", seed=1))

@@ -386,3 +386,24 @@ def test_gamma_is_uniform_over_rows():
     hist = torch.histc(gamma, bins=10, min=0, max=1)
     assert float(hist.min()) > 0.8 * n / 10 and float(hist.max()) < 1.2 * n / 10
     assert torch.equal(cs.sum(1), torch.round(gamma * h * w))
+
+
+def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
+    payload = pipeline.run(NAME, "sd", tmp_path, "cpu", _ov(fake_cifar10, *SHORT), control=True, seeds=[0, 1],
+                           print_fn=lambda *a: None)
+    assert [m["note"] for m in payload["members"]] == ["sd-s0", "sd-s1"] and payload["seeds"] == [0, 1]
+    for s in (0, 1):  # each member trained with its seed, on the same long-tailed subset
+        rec = records.read_record(tmp_path / "log/phase_i" / NAME / f"sd-s{s}")
+        assert rec["config"]["seed"] == s and rec["config"]["dataset"]["subset_seed"] == 0
+    rows = {r["key"]: r for r in payload["rows"]}
+    per = [json.loads((tmp_path / "log/phase_iii" / NAME / f"sd-s{s}/metrics.json").read_text())["final"]["top1"]
+           for s in (0, 1)]
+    assert rows["fsa"]["n"] == 2 and rows["fsa"]["top1"] == pytest.approx(np.mean(per))
+    assert rows["fsa"]["top1_std"] == pytest.approx(np.std(per, ddof=1))
+    p1 = [json.loads((tmp_path / "log/phase_i" / NAME / f"sd-s{s}/metrics.json").read_text())["final"]["top1"]
+          for s in (0, 1)]
+    assert rows["phase_i"]["top1"] == pytest.approx(np.mean(p1))
+    md = (tmp_path / "log/run" / NAME / "sd/summary.md").read_text()
+    assert "## seed 0 (sd-s0)" in md and "## seed 1 (sd-s1)" in md and "2 Phase I seeds (0, 1" in md
+    html = (tmp_path / "log/run" / NAME / "sd/report.html").read_text()
+    assert "seed 1 (sd-s1)" in html and 'id="curves"' in html
