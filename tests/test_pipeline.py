@@ -40,7 +40,7 @@ def test_run_layout_and_summary(ran):
     summary = json.loads((wd / "log/run" / NAME / "e2e/summary.json").read_text())
     assert [r["model"] for r in summary["rows"]] == ["Phase I (plain training)",
                                                      "Phase III, augmentation off (No-Aug control)", "Phase III, FSA",
-                                                     "FSA minus control (paired by Phase III seed)"]
+                                                     "FSA minus control (paired run by run)"]
     md = (wd / "log/run" / NAME / "e2e/summary.md").read_text()
     assert "| Phase III, FSA | 1 |" in md and "| model | n | top1 | many | medium | few | head | tail |" in md
     assert "| Phase III, FSA |" in printed

@@ -9,7 +9,7 @@ Seeds: ``seeds`` runs the whole pipeline once per seed under ``<note>-s<seed>`` 
 long-tailed subset stays fixed: ``dataset.subset_seed``); ``phase_iii_seeds`` repeats only
 Phase III (and the control) over one Phase I model, under ``<note>-fs<k>``. The summary
 gives mean ± std wherever more than one run stands behind a row, and FSA minus the control
-paired by Phase III seed.
+paired run by run (the same Phase I model and Phase III seed).
 
 `fsa-lt demo`: the same on scikit-learn's bundled digits made long-tailed (no download).
 """
@@ -147,7 +147,7 @@ def _execute(workdir: Path, m: Member, device, replace: dict, print_fn) -> dict:
 
 def member_rows(workdir: Path, config: str, m: Member) -> dict:
     """The rows of one member: Phase I, then each arm over its Phase III seeds, then FSA minus the
-    control paired by Phase III seed (when both ran), every value read from the run it names."""
+    control paired run by run (when both ran), every value read from the run it names."""
     ii = records.read_record(records.log_dir(workdir, "phase_ii", config, m.note))
     index = (records.read_json_file(records.log_dir(workdir, "phase_ii", config, m.note) / "metrics.json") or {}).get("index")
     split = {"head": index["head"], "tail": index["tail"]} if index else None
@@ -166,7 +166,7 @@ def member_rows(workdir: Path, config: str, m: Member) -> dict:
         rows.append(summary.row(label, runs[key], key=key,
                                 seconds=sum(secs) / len(secs) if all(s is not None for s in secs) else None))
     if "fsa" in runs and "control" in runs:
-        rows.append(summary.paired_difference("FSA minus control (paired by Phase III seed)", runs["fsa"], runs["control"],
+        rows.append(summary.paired_difference("FSA minus control (paired run by run)", runs["fsa"], runs["control"],
                                               key="fsa_minus_control"))
     return {"seed": m.seed, "note": m.note, "rows": rows, "phase_ii_run_id": ii["run_id"] if ii else None,
             "split": split, "seconds": {"phase_i": seconds("phase_i", m.note), "phase_ii": seconds("phase_ii", m.note)}}
@@ -307,7 +307,7 @@ def demo(args) -> int:
     seeds = args.seeds if getattr(args, "seeds", None) is not None else [0, 1, 2]
     payload = run(config, args.note, args.workdir, args.device or "cpu", args.overrides, force=args.force, control=True,
                   seeds=seeds)
-    diff = next(r for r in payload["rows"] if r["model"].startswith("FSA minus control"))
+    diff = next(r for r in payload["rows"] if r.get("key") == "fsa_minus_control")
     top1, std, n = diff.get("top1"), diff.get("top1_std"), diff.get("n")
     if top1 is not None:
         se = None if std is None else std / n ** 0.5

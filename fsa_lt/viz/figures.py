@@ -688,8 +688,8 @@ def curves_figure(phase_i: list[tuple[str, list, list]], phase_iii: list[tuple[s
     """Training curves, one line per run.
 
     phase_i: [(label, history, epochs)] with history [{'epoch', 'top1', ...}] (evaluated epochs) and
-    epochs [{'epoch', 'loss', ...}] (every epoch); phase_iii: [(label, 'fsa' | 'control', history)]
-    with history [{'iteration', 'top1', ...}].
+    epochs [{'epoch', 'loss', ...}] (every epoch); phase_iii: [(label, 'fsa' | 'control', history,
+    i)] with history [{'iteration', 'top1', ...}] and i the Phase I run it belongs to (its colour).
     """
     fig = new_figure(*CURVES_PX)
     axes = [fig.add_axes((0.05 + i * 0.325, 0.13, 0.27, 0.74)) for i in range(3)]
@@ -702,7 +702,7 @@ def curves_figure(phase_i: list[tuple[str, list, list]], phase_iii: list[tuple[s
         pts = [(e["epoch"], e["loss"]) for e in epochs if e.get("loss") is not None]
         if pts:
             axes[1].plot(*zip(*pts), color=c, lw=1, label=label)
-    for i, (label, kind, hist) in enumerate(phase_iii):
+    for label, kind, hist, i in phase_iii:
         pts = [(h["iteration"], h["top1"]) for h in hist if h.get("top1") is not None]
         if pts:
             axes[2].plot(*zip(*pts), color=colors[i % len(colors)], ls="-" if kind == "fsa" else "--", lw=1,

@@ -349,7 +349,7 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
 def _curves(workdir: Path, config: str, notes: dict) -> dict | None:
     """Phase I test top-1 and training loss by epoch, Phase III test top-1 by iteration; a line per run."""
     p1, p3 = [], []
-    for m in notes["members"]:
+    for i, m in enumerate(notes["members"]):
         label = f"seed {m['seed']}" if m["seed"] is not None else m["note"]
         met = _read_json(workdir / "log" / "phase_i" / config / m["note"] / "metrics.json") or {}
         if met.get("history") or met.get("epochs"):
@@ -358,7 +358,7 @@ def _curves(workdir: Path, config: str, notes: dict) -> dict | None:
             for r in m[kind]:
                 h = (_read_json(workdir / "log" / "phase_iii" / config / r / "metrics.json") or {}).get("history")
                 if h:
-                    p3.append((r, kind, h))
+                    p3.append((r, kind, h, i))
     if not p1:
         return None
     fig = F.curves_figure(p1, p3, title=f"{config}: training curves")
