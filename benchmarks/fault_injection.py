@@ -6,8 +6,10 @@ A reference `fsa-lt run --control` on digits (short settings) runs once, uninter
 trial starts the same command in a fresh work folder and kills it with SIGKILL:
 
 * at a random time (uniform over the reference's duration), or
-* inside a random file write (``FSA_LT_FAULT=kill_in_write:N``, N uniform over the writes the
-  reference made: checkpoints, store shards, records, the report), which a random time rarely hits;
+* inside a file write (``FSA_LT_FAULT=kill_in_write:N``): the writes the reference made are
+  grouped by the part of the run they belong to (Phase I checkpoints and record, the Phase II
+  store and record, Phase III, the summary and report), the trials take the groups in turn and
+  a random write of each, so every part is hit, which random times rarely do for short phases;
 
 then reruns the same command until it finishes. A trial is *identical* when
 
@@ -82,8 +84,9 @@ def run_to_end(workdir: Path, fault: str | None = None, kill_after: float | None
     return p.returncode, time.perf_counter() - t0
 
 
-def count_writes(workdir: Path) -> int:
-    """The number of atomic writes of a whole run: the reference run with a count-only fault spec."""
+def count_writes(workdir: Path) -> list[str]:
+    """What each file write of a whole run writes (its path), in order: the reference run with a
+    count-only fault spec."""
     from fsa_lt.engine import faults
     from fsa_lt.phases import pipeline
 
@@ -95,7 +98,17 @@ def count_writes(workdir: Path) -> int:
             pipeline.run(CONFIG, NOTE, workdir, "cpu", OVERRIDES, control=True, print_fn=lambda *a: None)
     finally:
         os.environ.pop("FSA_LT_FAULT", None)
-    return faults._counts.get("kill_in_write:0", 0)
+    return [what for kind, what in faults.events if kind == "kill_in_write"]
+
+
+def write_phase(path: str) -> str:
+    """Which part of the run a write belongs to, from its path."""
+    for part, key in (("checkpoints/phase_i/", "phase_i"), ("log/phase_i/", "phase_i"), ("feature/", "phase_ii"),
+                      ("log/phase_ii/", "phase_ii"), ("checkpoints/phase_iii/", "phase_iii"),
+                      ("log/phase_iii/", "phase_iii")):
+        if part in path:
+            return key
+    return "summary/report"
 
 
 def outputs(workdir: Path) -> dict:
@@ -187,17 +200,23 @@ def main(argv=None) -> int:
         print(f"reference run failed (exit {rc})")
         return 1
     writes = count_writes(base / "count")
+    by_part: dict[str, list[int]] = {}
+    for n, path in enumerate(writes, 1):
+        by_part.setdefault(write_phase(path), []).append(n)
+    parts = sorted(by_part)
     expected = outputs(ref)
-    print(f"reference: {total:.1f} s, {writes} file writes; {a.trials} trials (seed {a.seed})")
-    print(f"{'trial':>5} | {'kill':<22} | {'killed in':<14} | records ok | reruns | identical")
+    print(f"reference: {total:.1f} s, {len(writes)} file writes "
+          f"({', '.join(f'{p} {len(v)}' for p, v in sorted(by_part.items()))}); {a.trials} trials (seed {a.seed})")
+    print(f"{'trial':>5} | {'kill':<34} | {'killed in':<14} | records ok | reruns | identical")
     good = 0
     for t in range(a.trials):
         w = base / f"trial_{t:02d}"
         shutil.rmtree(w, ignore_errors=True)
         w.mkdir()
-        if rng.random() < a.write_fraction:
-            n = rng.randint(1, writes)
-            how, (rc, _) = f"in write {n}/{writes}", run_to_end(w, fault=f"kill_in_write:{n}")
+        if rng.random() < a.write_fraction:  # a write of each part of the run in turn, a random one of it
+            part = parts[t % len(parts)]
+            n = rng.choice(by_part[part])
+            how, (rc, _) = f"in write {n}/{len(writes)} ({part})", run_to_end(w, fault=f"kill_in_write:{n}")
         else:
             at = rng.uniform(0.02, 0.98) * total
             how, (rc, _) = f"at {at:5.1f} s", run_to_end(w, kill_after=at)
@@ -213,7 +232,7 @@ def main(argv=None) -> int:
         clean = tops <= {"checkpoints", "log", "run_summary", "feature"}
         ident = rc2 == 0 and ok_records and clean and same(outputs(w), expected)
         good += ident
-        print(f"{t:5d} | {how:<22} | {where:<14} | {'yes' if ok_records else 'NO ' + why[:60]:<10} | {reruns:6d} | "
+        print(f"{t:5d} | {how:<34} | {where:<14} | {'yes' if ok_records else 'NO ' + why[:60]:<10} | {reruns:6d} | "
               f"{'yes' if ident else 'NO' + ('' if clean else ' (stray files: ' + ', '.join(sorted(tops)) + ')')}")
         if not a.keep:
             shutil.rmtree(w, ignore_errors=True)

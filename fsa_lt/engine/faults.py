@@ -17,6 +17,7 @@ import os
 import signal
 
 _counts: dict[str, int] = {}
+events: list[tuple[str, str]] = []  # (kind, what) of every counted event: the script's map of a run
 
 
 def _spec() -> tuple[str, str, int] | None:
@@ -30,12 +31,14 @@ def _spec() -> tuple[str, str, int] | None:
         return None
 
 
-def due(kind: str) -> bool:
-    """Count one event of `kind`; True when it is the one the environment asks to fail."""
+def due(kind: str, what: str = "") -> bool:
+    """Count one event of `kind` (`what`: the file, for the record of a counting run); True when
+    it is the one the environment asks to fail."""
     spec = _spec()
     if spec is None or spec[1] != kind:
         return False
     _counts[spec[0]] = _counts.get(spec[0], 0) + 1
+    events.append((kind, what))
     return _counts[spec[0]] == spec[2]
 
 

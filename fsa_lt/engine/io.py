@@ -27,7 +27,7 @@ def _atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
-            if faults.due("kill_in_write"):  # fault injection: die half-way through this file
+            if faults.due("kill_in_write", str(path)):  # fault injection: die half-way through this file
                 f.write(data[: len(data) // 2])
                 f.flush()
                 faults.kill_now()

@@ -66,12 +66,21 @@ _PHASE_KEYS = {
 
 
 # ----------------------------------------------------------------------------- files
+_SHA_CACHE: dict = {}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file; remembered per (path, inode, size, mtime) in this process, since one command
+    checks the same checkpoints several times (every phase's inputs, before and during work)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def read_json_file(path: Path) -> dict | None:

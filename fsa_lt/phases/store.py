@@ -158,6 +158,8 @@ class ShardWriter:
         arrays = {"fmaps": f, "cams": cams.detach().to(tdt), "labels": labels.detach().to(torch.int64),
                   "pooled": f.float().mean((2, 3))}  # what Phase III pools from the stored maps
         for key, t in arrays.items():
+            if key == "cams" and faults.due("kill_in_write", str(self.folder)):  # fault injection: maps written, CAMs not
+                faults.kill_now()
             fd, tmp, offset, row = self._fds[key]
             data = memoryview(np.ascontiguousarray(t.cpu().numpy())).cast("B")
             at = offset + self.pos * row
@@ -177,7 +179,7 @@ class ShardWriter:
             raise ValueError(f"ShardWriter: shard {self.rank} has no samples; use fewer processes than samples")
         for fd, _, _, _ in self._fds.values():
             os.fsync(fd)
-        if faults.due("kill_in_write"):  # fault injection: die with the shard written, nothing renamed
+        if faults.due("kill_in_write", str(self.folder)):  # fault injection: die with the shard written, nothing renamed
             faults.kill_now()
         for key, (fd, tmp, _, _) in self._fds.items():
             os.close(fd)
