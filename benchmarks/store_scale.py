@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Feature stores of growing size: Phase II writing, Phase III reading in memory vs memory-mapped.
 
-    python benchmarks/store_scale.py --threads 1 --dir /work/store_bench             # 0.5, 2, 8, 16 GB
+    python benchmarks/store_scale.py --threads 1 --dir store_bench                   # 0.5, 2, 8, 16 GB
     python benchmarks/store_scale.py --threads 1 --sizes 0.05 --iters 20 --dir /tmp/sb  # seconds (the test)
 
 For each size a synthetic ImageNet-like store (maps 512 x 7 x 7 fp16, 1000 classes with an
