@@ -14,7 +14,7 @@ are in `fsa_lt.engine.losses`; the cosine head is `fsa_lt.models.heads`.
 Nothing here reads files or imports `fsa_lt.phases`.
 """
 
-from .decoupling import (
+from .decoupling import (  # noqa: F401 (re-exported: __all__ below)
     ClassBalancedSampler,
     LearnableWeightScaling,
     class_balanced_indices,
@@ -22,21 +22,10 @@ from .decoupling import (
     tau_normalize,
     tau_normalized_classifier,
 )
-from .posthoc import posthoc_adjust
-from .selection import HoldoutSplit, TauChoice, balanced_accuracy, choose_tau, holdout_counts, holdout_split
+from .posthoc import posthoc_adjust  # noqa: F401
+from .selection import HoldoutSplit, TauChoice, balanced_accuracy, choose_tau, holdout_counts, holdout_split  # noqa: F401
 
-__all__ = [
-    "ClassBalancedSampler",
-    "class_balanced_indices",
-    "crt_classifier",
-    "tau_normalize",
-    "tau_normalized_classifier",
-    "LearnableWeightScaling",
-    "posthoc_adjust",
-    "HoldoutSplit",
-    "holdout_counts",
-    "holdout_split",
-    "TauChoice",
-    "balanced_accuracy",
-    "choose_tau",
-]
+from . import decoupling, posthoc, selection
+
+# each submodule names what it exports; the package exports all of it
+__all__ = [*decoupling.__all__, *posthoc.__all__, *selection.__all__]
