@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from .errors import FsaError
+from .errors import ConfigError, FsaError
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = True, note_default: str = "default") -> None:
@@ -45,9 +45,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _seed_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", type=int, nargs="*", default=None, metavar="S",
+    p.add_argument("--seeds", nargs="*", default=None, metavar="S",
                    help="run the whole pipeline once per seed, under <note>-s<S>, and summarise mean ± std")
-    p.add_argument("--phase-iii-seeds", type=int, nargs="*", default=None, metavar="K",
+    p.add_argument("--phase-iii-seeds", nargs="*", default=None, metavar="K",
                    help="repeat Phase III (and the control) over one Phase I model with finetune.seed=K, under <note>-fs<K>")
 
 
@@ -86,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--methods", default="fsa,no-aug,crt,tau-norm,lws,la-posthoc",
                    help="comma-separated: fsa, no-aug, crt, tau-norm, lws, la-posthoc (default: all)")
-    p.add_argument("--phase-iii-seeds", type=int, nargs="*", default=None, metavar="K",
+    p.add_argument("--phase-iii-seeds", nargs="*", default=None, metavar="K",
                    help="repeat every method with finetune.seed=K (mean ± std over them)")
     p.add_argument("--force", action="store_true", help=_FORCE)
 
     p = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits, offline, in minutes on a CPU")
     _common(p, config_required=False, note_default="demo")
     p.add_argument("--force", action="store_true")
-    p.add_argument("--seeds", type=int, nargs="*", default=None, metavar="S",
+    p.add_argument("--seeds", nargs="*", default=None, metavar="S",
                    help="Phase I seeds, each end to end (default: 0 1 2)")
 
     p = sub.add_parser("data", help="long-tail profile of the configured data set (no training)")
@@ -175,10 +175,39 @@ def resume_command(command: str, words: list[str], prog: str = "fsa-lt") -> str:
     return " ".join([prog] + [w if w and " " not in w else repr(w) for w in words])
 
 
+_SEED_LISTS = (("seeds", "--seeds"), ("phase_iii_seeds", "--phase-iii-seeds"))
+
+
+def split_seed_lists(args: argparse.Namespace) -> None:
+    """A seed list ends where the KEY=VALUE overrides begin.
+
+    argparse lets `--seeds 0 1 train.epochs=3` take the override as a fourth seed (a list
+    option is greedy), so the lists are read as words here: the words from the first
+    KEY=VALUE on go back to the overrides, in the order typed; what is left must be
+    integers (one line, exit 2, otherwise)."""
+    for attr, flag in _SEED_LISTS:
+        words = getattr(args, attr, None)
+        if words is None:
+            continue
+        cut = next((i for i, w in enumerate(words) if "=" in w), len(words))
+        seeds, extra = words[:cut], words[cut:]
+        bad = next((w for w in seeds if not w.lstrip("-").isdigit()), None)
+        if bad is not None:
+            raise ConfigError(f"{flag}: not a seed: {bad!r} (seeds are integers; overrides are KEY=VALUE)")
+        setattr(args, attr, [int(w) for w in seeds])
+        if extra:
+            args.overrides = list(getattr(args, "overrides", None) or []) + extra
+
+
 def main(argv: list[str] | None = None, prog: str = "fsa-lt", shown_argv: list[str] | None = None) -> int:
     """`shown_argv`: the words after `prog` as the user typed them (the seed scripts differ)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    try:
+        split_seed_lists(args)
+    except FsaError as exc:
+        print(f"fsa-lt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         return dispatch(args)
     except FsaError as exc:

@@ -159,3 +159,20 @@ def test_compare_needs_a_finished_phase_i(capsys, tmp_path, fake_cifar10):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 4 and len(err) == 1 and "Phase I of cifar10-LT_resnet32 / none has not been run" in err[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_overrides_after_a_seed_list_are_overrides(capsys, tmp_path):
+    # argparse alone would read `train.loss=ldam` as a fourth Phase III seed ("invalid int value")
+    p = cli.build_parser()
+    args = p.parse_args(["compare", "--config", NAME, "a.b=1", "--phase-iii-seeds", "0", "1", "train.epochs=3", "c=2"])
+    cli.split_seed_lists(args)
+    assert args.phase_iii_seeds == [0, 1] and args.overrides == ["a.b=1", "train.epochs=3", "c=2"]
+    # ... and the override reaches the config: LDAM on a linear head is refused, naming the key
+    rc = cli.main(["compare", "--config", NAME, "--note", "x", "--workdir", str(tmp_path),
+                   "--phase-iii-seeds", "0", "1", "train.loss=ldam"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "'train.loss'" in err[0], err
+    rc = cli.main(["run", "--config", NAME, "--note", "x", "--workdir", str(tmp_path), "--seeds", "0", "one"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "--seeds: not a seed: 'one'" in err[0], err
+    assert not any(tmp_path.iterdir())
