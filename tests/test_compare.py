@@ -176,3 +176,15 @@ def test_overrides_after_a_seed_list_are_overrides(capsys, tmp_path):
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and "--seeds: not a seed: 'one'" in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_variant_comparison_is_its_own_table(compared):
+    wd, payload, root = compared
+    out = wd / "log/run" / NAME / "c"
+    before = {f: (out / f).read_bytes() for f in ("compare.md", "compare.json", "report.html")}
+    got = pipeline.compare(NAME, "c", wd, "cpu", _ov(root, "phase_iii.finetune.variant=v"), methods="tau-norm",
+                           phase_iii_seeds=[0], print_fn=lambda *a: None)
+    assert {f: (out / f).read_bytes() for f in before} == before  # the default table and report untouched
+    md = (out / "compare-v.md").read_text()
+    assert "(Phase III variant v)" in md and json.loads((out / "compare-v.json").read_text())["variant"] == "v"
+    assert [r["runs"] for r in got["rows"] if r["key"] == "tau_norm"] == [["c-v-tau-norm-fs0"]]

@@ -197,7 +197,8 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
             phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
     """FSA beside the baselines over one finished Phase I: each method of `methods` as a Phase III
     run (over `phase_iii_seeds`), Phase II made if missing; writes ``compare.md|json`` beside the
-    run's summary and a section of its report."""
+    run's summary and a section of its report (a `finetune.variant` writes ``compare-<variant>.md|json``
+    and leaves the default table and the report as they are)."""
     from .common import upstream_record
 
     workdir = Path(workdir)
@@ -211,7 +212,8 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
     per = member_rows(workdir, config, m)
     c = m.cfgs["phase_iii"]
     n = len(p3_seeds or [None])
-    title = (f"# {config} / {note}: FSA and the baselines on one Phase I model\n\n"
+    title = (f"# {config} / {note}{' (Phase III variant ' + c.finetune.variant + ')' if c.finetune.variant else ''}: "
+             f"FSA and the baselines on one Phase I model\n\n"
              f"{c.model.name} ({c.model.classifier} classifier, Phase I loss {m.cfgs['phase_i'].train.loss}"
              f"{', DRW from epoch ' + str(m.cfgs['phase_i'].train.drw_epoch) if m.cfgs['phase_i'].train.drw_epoch is not None else ''}, "
              f"{m.cfgs['phase_i'].train.epochs} epochs); Phase III methods on the frozen backbone with "
@@ -231,11 +233,14 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
     from ..engine import distributed as dist
 
     out = workdir / "log" / "run" / config / note
+    # a Phase III variant's comparison is its own table: it must not replace the default one
+    stem = f"compare-{c.finetune.variant}" if c.finetune.variant else "compare"
+    payload["variant"] = c.finetune.variant
     if dist.is_main():
-        write_text(out / "compare.md", text)
-        write_json(out / "compare.json", payload)
+        write_text(out / f"{stem}.md", text)
+        write_json(out / f"{stem}.json", payload)
     print_fn("\n" + text)
-    if report and dist.is_main() and (out / "summary.json").is_file():
+    if report and not c.finetune.variant and dist.is_main() and (out / "summary.json").is_file():
         try:
             from ..viz.report import write_run_report
 
