@@ -205,10 +205,6 @@ def main(argv: list[str] | None = None, prog: str = "fsa-lt", shown_argv: list[s
     args = build_parser().parse_args(argv)
     try:
         split_seed_lists(args)
-    except FsaError as exc:
-        print(f"fsa-lt: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    try:
         return dispatch(args)
     except FsaError as exc:
         msg = " ".join(str(exc).split())
