@@ -54,8 +54,12 @@ def test_one_row_per_method_from_the_runs_it_names(compared):
         assert rows[key]["seconds"] is not None
     md = (wd / "log/run" / NAME / "c/compare.md").read_text()
     assert "| cRT (classifier re-trained, class-balanced) | 2 |" in md and "s/run" in md and "tau choices" in md
+    # the table names the machine and precision it was measured with, as Phase I recorded them
+    env = json.loads((wd / "log/phase_i" / NAME / "c/environment.json").read_text())
+    assert f"processor {env['processor']};" in md and f"Phase I precision: {env['precision']}." in md
     html = (wd / "log/run" / NAME / "c/report.html").read_text()
     assert "FSA and the baselines" in html and "post-hoc logit adjustment" in html
+    assert "Time per phase (from the runs&#x27; records): Phase I, training epochs:" in html
 
 
 def test_tau_is_chosen_on_a_held_out_slice_and_recorded(compared):

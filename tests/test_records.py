@@ -186,6 +186,19 @@ def test_interrupt_message_names_the_command_that_resumes(fake_cifar10, tmp_path
     # `run --resume` is accepted (and, with nothing to resume, just reuses)
     assert cli.main(["run", "--resume", *map(str, c), "finetune.iterations=10", "finetune.eval_every=10",
                      "finetune.save_every=10"]) == 0
+    # the summary's time per phase counts Phase I over both segments (its record's `seconds` is the
+    # last segment's wall time only), and names the machine every segment ran on
+    ev = json.loads((tmp_path / "log/run" / NAME / "int/summary.json").read_text())["evidence"]
+    epochs = json.loads((tmp_path / "log/phase_i" / NAME / "int/metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert ev["phase_i"][0]["segments"] == 2 and ev["phase_i"][0]["seconds"] == pytest.approx(sum(e["seconds"] for e in epochs))
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        if model:
+            assert ev["machine"]["processor"] == [model]
+    md = (tmp_path / "log/run" / NAME / "int/summary.md").read_text()
+    assert "over 2 epochs in 2 segments" in md and "Phase III: " in md and "per FSA run (mean of 1)" in md
 
 
 def test_resume_with_nothing_to_resume_is_an_error(fake_cifar10, tmp_path):

@@ -74,8 +74,30 @@ def torch_save(path, obj: Any) -> Path:
     return _atomic_write(path, buf.getvalue())
 
 
+def processor_name() -> str:
+    """The CPU model as the operating system names it (Linux: /proc/cpuinfo's "model name"),
+    else what `platform` knows; a run's speed means little without it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpus_available() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one: containers and
+    `taskset` give fewer than `os.cpu_count()`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def environment() -> dict:
-    """Versions a run depends on, saved with every run."""
+    """Versions and machine a run depends on, saved with every run."""
     import fsa_lt
 
     env = {
@@ -87,6 +109,8 @@ def environment() -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "processor": processor_name(),
+        "cpus_available": cpus_available(),
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }

@@ -152,9 +152,9 @@ def member_rows(workdir: Path, config: str, m: Member) -> dict:
     index = (records.read_json_file(records.log_dir(workdir, "phase_ii", config, m.note) / "metrics.json") or {}).get("index")
     split = {"head": index["head"], "tail": index["tail"]} if index else None
 
-    def seconds(phase, n):
+    def seconds(phase, n):  # Phase I: its training epochs over every segment (see summary.evidence)
         rec = records.read_record(records.log_dir(workdir, phase, config, n))
-        return rec.get("seconds") if rec else None
+        return rec.get("train_seconds", rec.get("seconds")) if rec else None
 
     p1 = [(m.note, summary.final_metrics(workdir, "phase_i", config, m.note, split))]
     rows = [summary.row("Phase I (plain training)", p1, key="phase_i", seconds=seconds("phase_i", m.note))]
@@ -226,10 +226,14 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
             met = records.read_json_file(records.log_dir(workdir, "phase_iii", config, output_note(cf, note)) / "metrics.json") or {}
             if met.get("tau"):
                 taus.append(f"{output_note(cf, note)}: tau {met['tau']['tau']:g} ({met['tau']['chosen_on']})")
+    ev = summary.evidence(workdir, config, [{"seed": None, "note": note,
+                                              "arms": {key: [output_note(cf, note) for cf in cfgs] for key, _, cfgs in m.arms}}])
     text = (title + "\n" + summary.table(per["rows"], seconds=True) + "\n"
-            + ("\ntau choices: " + "; ".join(taus) + ".\n" if taus else ""))
+            + ("\ntau choices: " + "; ".join(taus) + ".\n" if taus else "")
+            + "\n" + "\n\n".join(ev["machine_text"]) + "\n")
     payload = {"config": config, "note": note, "methods": methods, "phase_iii_seeds": p3_seeds, "overrides": overrides,
-               "rows": per["rows"], "taus": taus, "times_s": times, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+               "rows": per["rows"], "taus": taus, "times_s": times, "evidence": ev,
+               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     from ..engine import distributed as dist
 
     out = workdir / "log" / "run" / config / note
@@ -281,6 +285,10 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     if len(members) > 1:
         for p in per:
             parts.append(f"\n## seed {p['seed']} ({p['note']})\n\n" + summary.table(p["rows"]))
+    ev = summary.evidence(workdir, config, [{"seed": m.seed, "note": m.note,
+                                              "arms": {key: [output_note(c, m.note) for c in cfgs] for key, _, cfgs in m.arms}}
+                                             for m in members])
+    parts.append("\n" + "\n\n".join(ev["text"]))
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in times.items())
     parts.append(f"\nTime this invocation: {timing or 'nothing run'}.")
     text = "\n".join(parts) + "\n"
@@ -288,7 +296,7 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     payload = {"config": config, "note": note, "overrides": overrides, "rows": rows, "members": per,
                "seeds": [m.seed for m in members] if members[0].seed is not None else None,
                "phase_iii_seeds": [f.finetune.seed for f in fsa] if fsa[0].finetune.seed is not None else None,
-               "times_s": times, "configs": {ph: members[0].cfgs[ph].to_dict() for ph in PHASES},
+               "times_s": times, "evidence": ev, "configs": {ph: members[0].cfgs[ph].to_dict() for ph in PHASES},
                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if dist.is_main():
         write_text(out / "summary.md", text)

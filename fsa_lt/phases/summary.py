@@ -112,9 +112,89 @@ def table(rows: list[dict], label: str = "model", seconds: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _unique(values) -> list:
+    out = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def _duration(s: float) -> str:
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+def evidence(workdir, config: str, models: list[dict]) -> dict:
+    """What a reader needs beside the numbers, read from the records of the runs behind a summary:
+    the machine (processor, CPUs, GPU, threads, versions, precision, over every segment of a
+    resumed Phase I) and the time of each phase. `models`: one dict per Phase I model,
+    ``{"seed", "note", "arms": {row key: [Phase III output notes]}}``.
+
+    Phase I's time is its record's ``train_seconds``: the training epochs summed over every
+    segment (start and resumes; evaluation passes not included); a record's ``seconds`` is the wall
+    time of the invocation that finished it, which for a resumed run is its last segment only."""
+    workdir = Path(workdir)
+
+    def rec(phase, note):
+        return records.read_record(records.log_dir(workdir, phase, config, note)) or {}
+
+    envs, p1, p2, p3 = [], [], [], {}
+    for m in models:
+        r1 = rec("phase_i", m["note"])
+        segs = r1.get("segments") or []
+        envs += [s.get("environment") or {} for s in segs] + [r1.get("environment") or {}]
+        secs = r1.get("train_seconds", r1.get("seconds"))
+        p1.append({"seed": m.get("seed"), "note": m["note"], "seconds": secs, "segments": len(segs) or 1,
+                   "epochs": ((r1.get("config") or {}).get("train") or {}).get("epochs")})
+        s2 = rec("phase_ii", m["note"]).get("seconds")
+        if s2 is not None:
+            p2.append(s2)
+        for key, notes in (m.get("arms") or {}).items():
+            p3.setdefault(key, []).extend(x for x in (rec("phase_iii", n).get("seconds") for n in notes) if x is not None)
+    machine = {k: _unique(e.get(k) for e in envs)
+               for k in ("processor", "cpus_available", "gpu", "cpu_threads", "torch", "precision")}
+    lines = []
+    parts = []
+    if machine["gpu"]:
+        parts.append("GPU " + " / ".join(map(str, machine["gpu"])))
+    missing = sum(1 for e in envs if e and not e.get("processor"))
+    if not machine["processor"]:
+        parts.append("processor not recorded (runs from an fsa-lt that did not record it)")
+    else:
+        parts.append("processor " + " / ".join(map(str, machine["processor"]))
+                     + (f" ({missing} of {len(envs)} segment records predate the processor field)" if missing else ""))
+    if machine["cpus_available"]:
+        parts.append(" / ".join(map(str, machine["cpus_available"])) + " CPUs available")
+    if machine["cpu_threads"]:
+        parts.append(" / ".join(map(str, machine["cpu_threads"])) + " thread(s) per process")
+    if machine["torch"]:
+        parts.append("torch " + " / ".join(machine["torch"]))
+    lines.append("Machine (from the runs' records; ' / ' joins values that differ between runs or resumed "
+                 "segments): " + "; ".join(parts) + ".")
+    if machine["precision"]:
+        lines.append("Phase I precision: " + " / ".join(machine["precision"]) + ".")
+    known = [x for x in p1 if x["seconds"] is not None]
+    if known:  # the machine lines above are `lines`; the time line is kept apart (compare has its own s/run)
+        each = "; ".join(f"{x['note']}: {_duration(x['seconds'])} over {x['epochs']} epochs in {x['segments']} "
+                         f"segment{'s' if x['segments'] != 1 else ''}" for x in known)
+        t = [f"Phase I, training epochs: {_duration(sum(x['seconds'] for x in known) / len(known))} per model "
+             f"({each}; evaluation not included)"]
+        if p2:
+            t.append(f"Phase II: {_duration(sum(p2) / len(p2))} per model")
+        p3_parts = [f"{_duration(sum(v) / len(v))} per {({'fsa': 'FSA', 'control': 'No-Aug control'}).get(key, key)} "
+                    f"run (mean of {len(v)})" for key, v in p3.items() if v]
+        if p3_parts:
+            t.append("Phase III: " + ", ".join(p3_parts))
+        timing = "Time per phase (from the runs' records): " + "; ".join(t) + "."
+    else:
+        timing = None
+    return {"machine": machine, "phase_i": p1, "phase_ii_seconds": p2, "phase_iii_seconds": p3,
+            "machine_text": lines, "time_text": timing, "text": lines + ([timing] if timing else [])}
+
+
 def summary_table(pairs: list[tuple[str, dict]]) -> str:
     """Table of single runs given as (name, metrics) pairs."""
     return table([row(name, [(name, m)]) for name, m in pairs])
 
 
-__all__ = ["COLUMNS", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "summary_table", "cell"]
+__all__ = ["COLUMNS", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "summary_table", "cell", "evidence"]

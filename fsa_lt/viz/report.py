@@ -174,6 +174,8 @@ def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict
             for m in members:
                 parts.append(f"<h3>seed {e(str(m.get('seed')))} ({e(str(m.get('note')))})</h3>")
                 parts.append(_rows_html(m.get("rows") or []))
+        for line in ((summary or {}).get("evidence") or {}).get("text") or []:
+            parts.append(f'<p class="note">{e(line)}</p>')
         times = (summary or {}).get("times_s") or {}
         if times:
             parts.append('<p class="note">Time of the invocation that wrote the summary: '
