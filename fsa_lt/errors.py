@@ -27,3 +27,9 @@ class CheckpointError(FsaError):
     """A checkpoint is missing, truncated, foreign or does not fit the model."""
 
     exit_code = 4
+
+
+class BusyError(FsaError):
+    """Another live process is running the same phase of the same config and note."""
+
+    exit_code = 5

@@ -201,6 +201,53 @@ def test_interrupt_message_names_the_command_that_resumes(fake_cifar10, tmp_path
     assert "over 2 epochs in 2 segments" in md and "Phase III: " in md and "per FSA run (mean of 1)" in md
 
 
+def _hold_in_another_process(workdir, phase, note):
+    """A separate process that takes the note's lock and keeps it (as a long run would)."""
+    code = ("import sys, time; from pathlib import Path; from fsa_lt.phases import records; "
+            "h = records.hold_note(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]); "
+            "print('held', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(workdir), phase, NAME, note], stdout=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_second_command_on_a_running_note_stops_and_a_killed_holder_frees_it(fake_cifar10, tmp_path, capsys):
+    """`fsa-lt train --resume` or `fsa-lt run` typed while a background run of the same note is
+    alive must not train beside it into the same files; a holder killed with -9 leaves no lock."""
+    c = ["--config", NAME, "--note", "busy", "--workdir", tmp_path, "--device", "cpu",
+         *_ov(fake_cifar10, *SHORT)]
+    holder = _hold_in_another_process(tmp_path, "phase_i", "busy")
+    try:
+        before = _files(tmp_path)
+        assert before == [f"log/phase_i/{NAME}/.busy.lock"]
+        for cmd in (["train"], ["train", "--resume"], ["run", "--control"]):
+            rc, _, err = _cli(capsys, *cmd, *c)
+            assert rc == 5 and len(err) == 1, (cmd, err)
+            assert f"phase_i of {NAME} / busy is being run by pid {holder.pid} " in err[0] and "wait for it" in err[0]
+            assert _files(tmp_path) == before  # nothing made, nothing cleaned
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the lock with the process: the same command now runs, and leaves no lock file
+    assert _cli(capsys, "train", *c)[0] == 0
+    assert not (tmp_path / "log/phase_i" / NAME / ".busy.lock").exists()
+    assert records.read_record(tmp_path / "log/phase_i" / NAME / "busy") is not None
+    # `run` checks every phase before any work: a busy Phase III stops it before Phase II is made
+    holder = _hold_in_another_process(tmp_path, "phase_iii", "busy")
+    try:
+        rc, _, err = _cli(capsys, "run", "--control", *c)
+        assert rc == 5 and len(err) == 1 and f"phase_iii of {NAME} / busy is being run by pid {holder.pid}" in err[0]
+        assert not (tmp_path / "log/phase_ii").exists() and not (tmp_path / "feature").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_resume_with_nothing_to_resume_is_an_error(fake_cifar10, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         phase_i.train(load_config(NAME, "phase_i", _ov(fake_cifar10, "train.epochs=1")), "none", tmp_path, "cpu",

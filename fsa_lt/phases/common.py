@@ -89,6 +89,17 @@ def phase_run(cfg, phase: str, out_note: str, workdir, device, staging: bool = F
     workdir = Path(workdir)
     note = records.staging_note(out_note) if staging else out_note
     dirs = run_dirs(workdir, phase, cfg.name, note)
+    # one process per phase and note: taken before anything here is cleaned or written
+    lock = records.hold_note(workdir, phase, cfg.name, out_note) if dist.is_main() else None
+    try:
+        with _opened_run(cfg, phase, note, out_note, workdir, device, dirs, staging, tensorboard) as run:
+            yield run
+    finally:
+        records.release_note(lock)
+
+
+@contextlib.contextmanager
+def _opened_run(cfg, phase, note, out_note, workdir, device, dirs, staging, tensorboard):
     if dist.is_main():
         if staging:  # what an earlier, interrupted replacement left
             for d in dirs.values():

@@ -122,10 +122,11 @@ def extract(cfg: Config, note: str, workdir=".", device=None, force: bool = Fals
         raise DataError(f"{ckpt} was trained on a different training set (class counts differ from {cfg.dataset.name} now)")
     if state.status == "stale":
         say(f"[{PHASE}] {cfg.name} / {note}: {state.reason}; extracting again")
-    if dist.is_main() and state.status in ("absent", "interrupted"):  # an unfinished store is worthless
-        shutil.rmtree(workdir / "feature" / cfg.name / note, ignore_errors=True)
-    dist.barrier()
     with phase_run(cfg, PHASE, note, workdir, device, staging=needs_staging(state, force)) as run:
+        # an unfinished store is worthless; removed under the note's lock (see records.hold_note)
+        if run.main and state.status in ("absent", "interrupted"):
+            shutil.rmtree(workdir / "feature" / cfg.name / note, ignore_errors=True)
+        dist.barrier()
         return _extract(cfg, run, train_set, counts, head, tail, ckpt, ckpt_info, state_i, up["phase_i"])
 
 

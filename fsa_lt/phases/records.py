@@ -15,6 +15,12 @@ written once, atomically, as the last act of a phase that finished; nothing rewr
 
 While a phase runs, ``pending.json`` (the config, the start time) marks its folder as an
 interrupted run until the record replaces it; Phase I's ``last.pt`` carries its config too.
+The running process also holds an exclusive lock on ``log/<phase>/<config>/.<note>.lock``
+(`hold_note`), so a second command on the same phase and note (a `fsa-lt run` typed while a
+long `fsa-lt train` is still going in the background) stops with a `BusyError` naming the
+process, instead of training beside it into the same files. The operating system drops the
+lock when the holder exits or is killed, so a crash never leaves it stale (the file itself goes
+when a run releases it; one a kill left behind is harmless).
 
 `inspect_phase` compares what is on disk with the config a command asks for and returns
 one of ``complete`` (reuse), ``stale`` (finished, but from an input that has changed
@@ -37,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..engine import distributed as dist
 from ..engine.io import write_json
+from ..errors import BusyError
 from ..errors import CheckpointError, ConfigError
 
 RECORD = "record.json"
@@ -191,9 +199,12 @@ def inspect_phase(workdir: Path, phase: str, cfg: Config, note: str, upstream: d
 
     upstream: the records this phase consumes (``{'phase_i': rec, 'phase_ii': rec}``), to tell
     a finished run made from an earlier input (stale). Raises `ConfigError` when finished or
-    interrupted outputs were made with other settings and `force` is False.
+    interrupted outputs were made with other settings and `force` is False, and `BusyError`
+    when a live process runs this phase and note now.
     """
     workdir = Path(workdir)
+    if dist.is_main():  # a live process on this note: say so, not "interrupted" (rank 0 holds a group's lock)
+        check_not_busy(workdir, phase, cfg.name, note)
     ldir = log_dir(workdir, phase, cfg.name, note)
     now = cfg.to_dict()
     rec = read_record(ldir)
@@ -247,6 +258,106 @@ def _outputs_problem(workdir: Path, rec: dict) -> str:
     return ""
 
 
+# ----------------------------------------------------------------------------- one process per note
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here; two commands on one note are not prevented
+    fcntl = None
+
+
+def lock_path(workdir: Path, phase: str, config: str, note: str) -> Path:
+    """Beside the note's log folder, not inside it: `--force` swaps that folder out while running."""
+    return Path(workdir) / "log" / phase / config / f".{note}.lock"
+
+
+def _busy_message(phase: str, config: str, note: str, path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    who = f"pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('started', '?')}" if holder.get("pid") \
+        else "another process"
+    cmd = f": {holder['command']}" if holder.get("command") else ""
+    return (f"{phase} of {config} / {note} is being run by {who}{cmd}; wait for it to finish (or stop it) "
+            f"and run this again")
+
+
+class _NoteLock:
+    def __init__(self, path: Path, f, made: list[Path]):
+        self.path, self.file, self.made = path, f, made
+
+
+def hold_note(workdir: Path, phase: str, config: str, note: str):
+    """Take the exclusive lock of one phase's note for this process; returns a handle to give to
+    `release_note` (the process's exit drops the lock too). Raises `BusyError` when a live
+    process holds it. The lock file goes when released, with any folder made only for it."""
+    if fcntl is None:
+        return None
+    path = lock_path(workdir, phase, config, note)
+    made = []
+    d = path.parent
+    while not d.exists():
+        made.append(d)
+        d = d.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise BusyError(_busy_message(phase, config, note, path)) from None
+        try:  # a holder that released it in between has unlinked this file: lock the new one
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    import platform
+    import sys
+
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv else ""}))
+    f.flush()
+    return _NoteLock(path, f, made)
+
+
+def release_note(handle) -> None:
+    if handle is None or handle.file.closed:
+        return
+    try:
+        handle.path.unlink()  # while still holding it (see the inode check in hold_note)
+    except OSError:
+        pass
+    fcntl.flock(handle.file.fileno(), fcntl.LOCK_UN)
+    handle.file.close()
+    for d in handle.made:  # innermost first; only folders still empty
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def check_not_busy(workdir: Path, phase: str, config: str, note: str) -> None:
+    """`BusyError` if a live process runs this phase and note now (a probe that writes nothing).
+    Used before any work by the commands that run several phases."""
+    if fcntl is None:
+        return
+    path = lock_path(workdir, phase, config, note)
+    try:
+        f = open(path, "r")
+    except FileNotFoundError:
+        return
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BusyError(_busy_message(phase, config, note, path)) from None
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 # ----------------------------------------------------------------------------- writing
 def staging_note(note: str) -> str:
     return f"{note}{STAGING_SUFFIX}"
@@ -297,4 +408,4 @@ def swap_in(staged: dict[str, Path], final: dict[str, Path]) -> None:
 
 __all__ = ["RECORD", "PENDING", "PhaseState", "inspect_phase", "config_diff", "phase_view", "read_record",
            "write_record", "write_pending", "new_record", "file_output", "sha256_file", "swap_in", "staging_note",
-           "rel", "resolve", "log_dir"]
+           "rel", "resolve", "log_dir", "hold_note", "release_note", "check_not_busy", "lock_path"]
