@@ -10,12 +10,14 @@
     fsa-lt demo                                                               offline demo
     fsa-lt visualize --config NAME --note NOTE                                figures
     fsa-lt data      --config NAME [--verify] [--out DIR]                     data set profile
+    fsa-lt status    [--config NAME] [--note NOTE] [--json]                   running / interrupted / finished
 
 Every command takes `--workdir DIR` (default: the current folder), `--device cpu|cuda[:i]`
 and trailing dotted overrides such as `train.epochs=2 dataset.root=/data`.  A user error
 prints one line, ``fsa-lt: error: ...``, and exits non-zero: 2 for config errors (including
-outputs made with other settings), 3 for data errors, 4 for checkpoint / record errors, 130
-when interrupted (the message names the command that resumes).
+outputs made with other settings), 3 for data errors, 4 for checkpoint / record errors, 5 when
+another live process runs the same phase and note, 130 when interrupted (the message names the
+command that resumes).
 """
 from __future__ import annotations
 
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("visualize", help="CAM / decomposition / synthetic-sample figures of a Phase II run")
     _common(p)
     p.add_argument("--per-class", type=int, default=4, help="images per class in the figures")
+
+    p = sub.add_parser("status", help="which runs of a work folder are running, interrupted (and where) or finished")
+    p.add_argument("--workdir", default=".", help="folder holding checkpoints/, log/, run_summary/, feature/")
+    p.add_argument("--config", default=None, help="only this experiment name")
+    p.add_argument("--note", default=None, help="only this note")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
 
@@ -157,6 +165,11 @@ def dispatch(args) -> int:
         from .data.profile import run_profile
 
         run_profile(args.config, args.overrides, workdir=args.workdir, out=args.out, verify=args.verify)
+        return 0
+    if cmd == "status":
+        from .phases.status import status
+
+        status(args.workdir, args.config, args.note, as_json=args.json)
         return 0
     if cmd == "visualize":
         from .viz.figures import visualize

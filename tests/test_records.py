@@ -248,6 +248,50 @@ def test_a_second_command_on_a_running_note_stops_and_a_killed_holder_frees_it(f
         holder.wait()
 
 
+def test_status_tells_running_interrupted_and_finished_apart(fake_cifar10, tmp_path, capsys, monkeypatch):
+    c = ["--config", NAME, "--workdir", tmp_path, "--device", "cpu"]
+    assert _cli(capsys, "train", *c, "--note", "done", *_ov(fake_cifar10, "train.epochs=1"))[0] == 0
+    real, calls = phase_i.train_epoch, []
+
+    def dying(*a, **k):  # killed in the second of three epochs: last.pt holds epoch 1
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(phase_i, "train_epoch", dying)
+    assert _cli(capsys, "train", *c, "--note", "cut", *_ov(fake_cifar10, "train.epochs=3"))[0] == 130
+    monkeypatch.setattr(phase_i, "train_epoch", real)
+    before = _files(tmp_path)
+
+    def rows(*extra):
+        rc, out, err = _cli(capsys, "status", "--workdir", tmp_path, "--json", *extra)
+        assert rc == 0 and not err
+        return {(r["phase"], r["note"]): r for r in json.loads(out)}
+
+    top1 = json.loads((tmp_path / "log/phase_i" / NAME / "done/metrics.json").read_text())["final"]["top1"]
+    r = rows()
+    assert set(r) == {("phase_i", "done"), ("phase_i", "cut")}
+    assert r["phase_i", "done"]["state"] == "finished" and f"final top1 {top1:.2f}" in r["phase_i", "done"]["detail"]
+    assert r["phase_i", "cut"]["state"] == "interrupted" and "epoch 1/3 saved in last.pt" in r["phase_i", "cut"]["detail"]
+    holder = _hold_in_another_process(tmp_path, "phase_i", "cut")
+    try:
+        r = rows("--note", "cut")
+        assert list(r) == [("phase_i", "cut")] and r["phase_i", "cut"]["state"] == "running"
+        assert f"pid {holder.pid} " in r["phase_i", "cut"]["detail"] and "epoch 1/3" in r["phase_i", "cut"]["detail"]
+    finally:
+        holder.kill()
+        holder.wait()
+    r = rows("--config", NAME)  # the killed holder's lock file is left: not running, and it says what ran
+    assert r["phase_i", "cut"]["state"] == "interrupted" and "it was started as: " in r["phase_i", "cut"]["detail"]
+    assert _files(tmp_path) == sorted(before + [f"log/phase_i/{NAME}/.cut.lock"])  # status itself wrote nothing
+    rc, out, _ = _cli(capsys, "status", "--workdir", tmp_path)
+    assert rc == 0 and out.splitlines()[0].split() == ["phase", "config", "note", "state", "detail"]
+    assert _cli(capsys, "status", "--workdir", tmp_path, "--config", "other")[1].startswith("no runs under")
+    rc, _, err = _cli(capsys, "status", "--workdir", tmp_path / "nowhere")
+    assert rc == 2 and len(err) == 1 and "no such folder" in err[0]
+
+
 def test_resume_with_nothing_to_resume_is_an_error(fake_cifar10, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         phase_i.train(load_config(NAME, "phase_i", _ov(fake_cifar10, "train.epochs=1")), "none", tmp_path, "cpu",
