@@ -16,7 +16,7 @@ from conftest import ROOT, interrupted_phase_i, tiny_overrides
 from fsa_lt import cli
 from fsa_lt.config import load_config
 from fsa_lt.engine.checkpoint import load_checkpoint, save_checkpoint
-from fsa_lt.errors import CheckpointError, ConfigError, DataError
+from fsa_lt.errors import BusyError, CheckpointError, ConfigError, DataError
 from fsa_lt.phases import phase_i, phase_ii, phase_iii, pipeline, records, store
 
 NAME = "cifar10-LT_resnet32"
@@ -246,6 +246,24 @@ def test_a_second_command_on_a_running_note_stops_and_a_killed_holder_frees_it(f
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_file_system_without_locks_is_not_taken_for_a_busy_note(tmp_path, monkeypatch):
+    import errno
+
+    fcntl = pytest.importorskip("fcntl")
+    held = records.hold_note(tmp_path, "phase_i", NAME, "n")  # the real lock, then a second taker is refused
+    with pytest.raises(BusyError, match=f"phase_i of {NAME} / n is being run by pid {os.getpid()} "):
+        records.check_not_busy(tmp_path, "phase_i", NAME, "n")
+    records.release_note(held)
+    assert not any(tmp_path.iterdir())  # the lock file and the folders made for it went with it
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # e.g. a network mount without lock support
+    assert records.hold_note(tmp_path, "phase_i", NAME, "n") is None
+    records.check_not_busy(tmp_path, "phase_i", NAME, "n")  # no error
 
 
 def test_status_tells_running_interrupted_and_finished_apart(fake_cifar10, tmp_path, capsys, monkeypatch):

@@ -304,9 +304,12 @@ def hold_note(workdir: Path, phase: str, config: str, note: str):
         f = open(path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             f.close()
             raise BusyError(_busy_message(phase, config, note, path)) from None
+        except OSError:  # a file system without locks (some network mounts): run unguarded, as before
+            f.close()
+            return None
         try:  # a holder that released it in between has unlinked this file: lock the new one
             if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
                 break
@@ -353,8 +356,10 @@ def check_not_busy(workdir: Path, phase: str, config: str, note: str) -> None:
     with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             raise BusyError(_busy_message(phase, config, note, path)) from None
+        except OSError:  # no locks on this file system: nothing to tell
+            return
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
