@@ -56,9 +56,11 @@ def load_phase_model(cfg, path: Path, phase: str, num_classes: int, device, expe
     return model, state
 
 
+PHASE_VERBS = {"phase_i": "train", "phase_ii": "extract", "phase_iii": "finetune"}  # the fsa-lt command of each phase
+
+
 def command_hint(phase: str, cfg, note: str) -> str:
-    verb = {"phase_i": "train", "phase_ii": "extract", "phase_iii": "finetune"}[phase]
-    return f"fsa-lt {verb} --config {cfg.name} --note {note}"
+    return f"fsa-lt {PHASE_VERBS[phase]} --config {cfg.name} --note {note}"
 
 
 def upstream_record(workdir, phase: str, cfg, note: str, upstream: dict | None = None) -> dict:

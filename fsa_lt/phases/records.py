@@ -270,11 +270,16 @@ def lock_path(workdir: Path, phase: str, config: str, note: str) -> Path:
     return Path(workdir) / "log" / phase / config / f".{note}.lock"
 
 
-def _busy_message(phase: str, config: str, note: str, path: Path) -> str:
+def lock_holder(path: Path) -> dict:
+    """What the last process to take a lock wrote there (pid, host, started, command); {} if nothing."""
     try:
-        holder = json.loads(path.read_text() or "{}")
+        return json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
-        holder = {}
+        return {}
+
+
+def _busy_message(phase: str, config: str, note: str, path: Path) -> str:
+    holder = lock_holder(path)
     who = f"pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('started', '?')}" if holder.get("pid") \
         else "another process"
     cmd = f": {holder['command']}" if holder.get("command") else ""
@@ -413,4 +418,4 @@ def swap_in(staged: dict[str, Path], final: dict[str, Path]) -> None:
 
 __all__ = ["RECORD", "PENDING", "PhaseState", "inspect_phase", "config_diff", "phase_view", "read_record",
            "write_record", "write_pending", "new_record", "file_output", "sha256_file", "swap_in", "staging_note",
-           "rel", "resolve", "log_dir", "hold_note", "release_note", "check_not_busy", "lock_path"]
+           "rel", "resolve", "log_dir", "hold_note", "release_note", "check_not_busy", "lock_path", "lock_holder"]

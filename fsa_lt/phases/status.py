@@ -16,18 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import BusyError, ConfigError
+from ..config import PHASES
+from ..errors import BusyError, CheckpointError, ConfigError
 from . import records
-
-PHASES = ("phase_i", "phase_ii", "phase_iii")
-VERB = {"phase_i": "train", "phase_ii": "extract", "phase_iii": "finetune"}
-
-
-def _lock_holder(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
+from .common import PHASE_VERBS
+from .summary import duration
 
 
 def _phase_i_progress(workdir: Path, config: str, note: str) -> str:
@@ -35,7 +28,6 @@ def _phase_i_progress(workdir: Path, config: str, note: str) -> str:
     if not last.is_file():
         return "no epoch saved yet"
     from ..engine.checkpoint import load_checkpoint
-    from ..errors import CheckpointError
 
     try:
         state = load_checkpoint(last, expect_phase="phase_i")
@@ -52,7 +44,7 @@ def _finished(rec: dict, phase: str) -> str:
         parts.append(f"final top1 {final['top1']:.2f}")
     secs = rec.get("train_seconds", rec.get("seconds"))
     if secs is not None:
-        parts.append(f"{secs / 3600:.2f} h" if secs >= 3600 else f"{secs:.0f} s")
+        parts.append(duration(secs))
     return ", ".join(parts)
 
 
@@ -84,7 +76,7 @@ def _one(workdir: Path, phase: str, config: str, note: str) -> dict:
     try:
         records.check_not_busy(workdir, phase, config, note)
     except BusyError:
-        h = _lock_holder(lock)
+        h = records.lock_holder(lock)
         who = f"pid {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('started', '?')}"
         what = _phase_i_progress(workdir, config, note) if phase == "phase_i" else "started"
         staged = " (replacing the finished run: --force)" if (ldir.parent / records.staging_note(note)).is_dir() else ""
@@ -101,8 +93,8 @@ def _one(workdir: Path, phase: str, config: str, note: str) -> dict:
         how = (f"{_phase_i_progress(workdir, config, note)}; resume with the command that started it plus "
                f"--resume (fsa-lt train --config {config} --note {note} ... --resume)")
     else:
-        how = f"starts over when its command runs again (fsa-lt {VERB[phase]} / run with the same settings)"
-    h = _lock_holder(lock)  # a process killed with -9 leaves its lock file: it says what ran
+        how = f"starts over when its command runs again (fsa-lt {PHASE_VERBS[phase]} / run with the same settings)"
+    h = records.lock_holder(lock)  # a process killed with -9 leaves its lock file: it says what ran
     if h.get("command"):
         how += f"; it was started as: {h['command']}"
     return dict(row, state="interrupted", detail=how)

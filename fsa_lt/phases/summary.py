@@ -120,7 +120,8 @@ def _unique(values) -> list:
     return out
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
+    """Seconds as a reader wants them: s, min or h."""
     return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
@@ -175,13 +176,13 @@ def evidence(workdir, config: str, models: list[dict]) -> dict:
         lines.append("Phase I precision: " + " / ".join(machine["precision"]) + ".")
     known = [x for x in p1 if x["seconds"] is not None]
     if known:  # the machine lines above are `lines`; the time line is kept apart (compare has its own s/run)
-        each = "; ".join(f"{x['note']}: {_duration(x['seconds'])} over {x['epochs']} epochs in {x['segments']} "
+        each = "; ".join(f"{x['note']}: {duration(x['seconds'])} over {x['epochs']} epochs in {x['segments']} "
                          f"segment{'s' if x['segments'] != 1 else ''}" for x in known)
-        t = [f"Phase I, training epochs: {_duration(sum(x['seconds'] for x in known) / len(known))} per model "
+        t = [f"Phase I, training epochs: {duration(sum(x['seconds'] for x in known) / len(known))} per model "
              f"({each}; evaluation not included)"]
         if p2:
-            t.append(f"Phase II: {_duration(sum(p2) / len(p2))} per model")
-        p3_parts = [f"{_duration(sum(v) / len(v))} per {({'fsa': 'FSA', 'control': 'No-Aug control'}).get(key, key)} "
+            t.append(f"Phase II: {duration(sum(p2) / len(p2))} per model")
+        p3_parts = [f"{duration(sum(v) / len(v))} per {({'fsa': 'FSA', 'control': 'No-Aug control'}).get(key, key)} "
                     f"run (mean of {len(v)})" for key, v in p3.items() if v]
         if p3_parts:
             t.append("Phase III: " + ", ".join(p3_parts))
@@ -197,4 +198,4 @@ def summary_table(pairs: list[tuple[str, dict]]) -> str:
     return table([row(name, [(name, m)]) for name, m in pairs])
 
 
-__all__ = ["COLUMNS", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "summary_table", "cell", "evidence"]
+__all__ = ["COLUMNS", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "summary_table", "cell", "evidence", "duration"]
