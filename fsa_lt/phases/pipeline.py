@@ -172,6 +172,13 @@ def member_rows(workdir: Path, config: str, m: Member) -> dict:
             "split": split, "seconds": {"phase_i": seconds("phase_i", m.note), "phase_ii": seconds("phase_ii", m.note)}}
 
 
+def _evidence(workdir: Path, config: str, members: list[Member]) -> dict:
+    """The machine and phase times of `members`' runs (`summary.evidence`)."""
+    return summary.evidence(workdir, config, [{"seed": m.seed, "note": m.note,
+                                               "arms": {key: [output_note(c, m.note) for c in cfgs] for key, _, cfgs in m.arms}}
+                                              for m in members])
+
+
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
         resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
     """Run (or reuse, or resume) every phase, then write ``log/run/<config>/<note>/summary.md|json``
@@ -226,8 +233,7 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
             met = records.read_json_file(records.log_dir(workdir, "phase_iii", config, output_note(cf, note)) / "metrics.json") or {}
             if met.get("tau"):
                 taus.append(f"{output_note(cf, note)}: tau {met['tau']['tau']:g} ({met['tau']['chosen_on']})")
-    ev = summary.evidence(workdir, config, [{"seed": None, "note": note,
-                                              "arms": {key: [output_note(cf, note) for cf in cfgs] for key, _, cfgs in m.arms}}])
+    ev = _evidence(workdir, config, [m])
     text = (title + "\n" + summary.table(per["rows"], seconds=True) + "\n"
             + ("\ntau choices: " + "; ".join(taus) + ".\n" if taus else "")
             + "\n" + "\n\n".join(ev["machine_text"]) + "\n")
@@ -285,9 +291,7 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     if len(members) > 1:
         for p in per:
             parts.append(f"\n## seed {p['seed']} ({p['note']})\n\n" + summary.table(p["rows"]))
-    ev = summary.evidence(workdir, config, [{"seed": m.seed, "note": m.note,
-                                              "arms": {key: [output_note(c, m.note) for c in cfgs] for key, _, cfgs in m.arms}}
-                                             for m in members])
+    ev = _evidence(workdir, config, members)
     parts.append("\n" + "\n\n".join(ev["text"]))
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in times.items())
     parts.append(f"\nTime this invocation: {timing or 'nothing run'}.")

@@ -35,7 +35,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,8 +47,7 @@ from typing import Any
 from ..config import Config
 from ..engine import distributed as dist
 from ..engine.io import write_json
-from ..errors import BusyError
-from ..errors import CheckpointError, ConfigError
+from ..errors import BusyError, CheckpointError, ConfigError
 
 RECORD = "record.json"
 PENDING = "pending.json"
@@ -321,9 +322,6 @@ def hold_note(workdir: Path, phase: str, config: str, note: str):
         except FileNotFoundError:
             pass
         f.close()
-    import platform
-    import sys
-
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -350,7 +348,7 @@ def release_note(handle) -> None:
 
 def check_not_busy(workdir: Path, phase: str, config: str, note: str) -> None:
     """`BusyError` if a live process runs this phase and note now (a probe that writes nothing).
-    Used before any work by the commands that run several phases."""
+    `inspect_phase` calls it, so every command asks before any work."""
     if fcntl is None:
         return
     path = lock_path(workdir, phase, config, note)
