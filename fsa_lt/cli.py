@@ -86,10 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="FSA beside the long-tailed baselines over one finished Phase I, one table")
     _common(p)
-    p.add_argument("--methods", default="fsa,no-aug,crt,tau-norm,lws,la-posthoc",
-                   help="comma-separated: fsa, no-aug, crt, tau-norm, lws, la-posthoc (default: all)")
+    p.add_argument("--methods", default="fsa,no-aug,crt,lws,la-posthoc",
+                   help="comma-separated, from: fsa, no-aug, fsa-online, no-aug-online (over images through the "
+                        "frozen backbone), crt, lws (Kang et al.'s recipe), crt-store, lws-store (on the stored "
+                        "features, like FSA), tau-norm (needs dataset.validation=true or finetune.tau), la-posthoc "
+                        "(tau = 1), la-posthoc-val (tau on validation); default: fsa,no-aug,crt,lws,la-posthoc")
     p.add_argument("--phase-iii-seeds", nargs="*", default=None, metavar="K",
                    help="repeat every method with finetune.seed=K (mean ± std over them)")
+    p.add_argument("--seeds", nargs="*", default=None, metavar="S",
+                   help="compare over the finished Phase I models <note>-s<S> (as `fsa-lt run --seeds` names "
+                        "them), pooled: mean ± std over the Phase I seeds")
     p.add_argument("--force", action="store_true", help=_FORCE)
 
     p = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits, offline, in minutes on a CPU")
@@ -151,7 +157,7 @@ def dispatch(args) -> int:
         from .phases import pipeline
 
         pipeline.compare(args.config, args.note, args.workdir, args.device, args.overrides, methods=args.methods,
-                         force=args.force, phase_iii_seeds=args.phase_iii_seeds)
+                         force=args.force, phase_iii_seeds=args.phase_iii_seeds, seeds=args.seeds)
         return 0
     if cmd in ("run", "demo"):
         from .phases import pipeline

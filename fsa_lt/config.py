@@ -55,6 +55,23 @@ class DatasetConfig:
     test_dir: Optional[str] = None
     image_size: int = 224
     num_workers: int = 4
+    # Validation split: the images every Phase III choice (a tau, a variant's setting) is made on,
+    # never the test set and never images Phase I trained on. False: nothing is chosen, every
+    # method runs its fixed default, and the tables say so. Phase I and II ignore these keys.
+    validation: bool = False
+    # CIFAR-LT and digits: up to this many images of each class, drawn (with val_seed) from the
+    # training images outside the long-tailed subset. The largest class has all its images in the
+    # subset and gives none; a class with fewer spare images gives those it has. The counts are
+    # recorded, and a choice is made on the mean accuracy over the classes present (METHOD.md).
+    val_per_class: int = 100
+    val_seed: int = 0
+    # ImageNet-LT / Places-LT: the official val list (default ImageNet_LT_val.txt / Places_LT_val.txt
+    # under root); csv: a list like the others (default val.csv). iNaturalist 2018 has none (its val
+    # list is the test set): give your own held-out list here or run without validation.
+    val_list: Optional[str] = None
+    # imagefolder: the validation folder under root (default "val"); the test folder is then
+    # test_dir, default "test" (without validation the evaluation folder is "val", else "test").
+    val_dir: Optional[str] = None
 
 
 @dataclass
@@ -164,6 +181,15 @@ class FinetuneConfig:
     # None: the Phase II store's mode; "online" also works over a cached store (same split
     # and confusing classes, maps recomputed under augmentation).
     mode: Optional[Literal["cached", "online"]] = None
+    # Phase III's loss on FSA's batches (FSA and its control; the baselines keep their own). "ce": the
+    # paper's cross-entropy. Variants, not the paper: "la", the logit-adjusted loss CE(z + loss_tau *
+    # log q) with q the class prior the batches impose ("batch", from the sampler's design: half head,
+    # half tail, each half long-tailed within) or the training prior ("train"), so that the loss, not
+    # the batch composition, handles the prior; "ldam", LDAM's margins from the training counts
+    # (train.ldam_max_margin, a cosine head), the loss of an LDAM-DRW Phase I.
+    loss: Literal["ce", "la", "ldam"] = "ce"
+    loss_tau: float = 1.0
+    loss_prior: Literal["batch", "train"] = "batch"
     # Outputs of a variant (e.g. a threshold sweep) go to <note>-<variant>, beside the
     # default run, reading the same Phase I model and Phase II store.
     variant: str = ""
@@ -175,16 +201,43 @@ class FinetuneConfig:
     # <note>-<method>: "crt" (a fresh classifier on class-balanced batches), "lws" (learnt
     # per-class logit scales, class-balanced batches), "tau_norm" (w_j / |w_j|^tau) and
     # "la_posthoc" (logits - tau log prior) (Kang et al., ICLR 2020; Menon et al., ICLR 2021).
-    # cRT and LWS use the same optimiser, lr, batch size and iterations as FSA (like for like).
+    # How cRT and LWS train is the `baseline` section (their published recipe by default).
     method: Literal["fsa", "crt", "lws", "tau_norm", "la_posthoc"] = "fsa"
-    # tau of tau_norm (in [0, 1]) and la_posthoc (>= 0); None: chosen on a held-out slice of the
-    # training set (class-balanced accuracy over a grid), never on the test set; the choice and the
-    # whole curve are recorded.
+    # tau of tau_norm (in [0, 1]) or la_posthoc (>= 0), fixed. None: the method's default, which is
+    # tau = 1 for la_posthoc (Menon et al.'s) and, for tau_norm (no published default), the tau
+    # chosen on the validation split.
     tau: Optional[float] = None
-    # The held-out slice: this fraction of every class, at least one image, never a class's last.
-    holdout_fraction: float = 0.1
+    # la_posthoc: "validation" chooses tau on the validation split (dataset.validation) over a grid
+    # [0, 2] instead of the default 1, and writes to <note>-la-posthoc-val.
+    tau_from: Literal["default", "validation"] = "default"
     eval_every: int = 800
     save_every: int = 1600
+
+
+@dataclass
+class BaselineConfig:
+    """Phase III's cRT and LWS (Kang et al., ICLR 2020). By default their published recipe, as the
+    authors' code runs it (facebookresearch/classifier-balancing, config/ImageNet_LT/cls_crt.yaml and
+    cls_lws.yaml, run_networks.py); METHOD.md gives each value's source."""
+
+    # images: the training images with the training augmentation through the frozen backbone (the
+    # recipe). store: the stored, un-augmented pooled features of Phase II with FSA's Phase III
+    # optimiser, batch and iterations (finetune.lr, .momentum, .weight_decay, .iterations, batch
+    # 2 n_t (1 + n_a)): like for like with FSA's real samples, not the recipe; <note>-<method>-store.
+    input: Literal["images", "store"] = "images"
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 512
+    crt_epochs: int = 10
+    lws_epochs: int = 5
+    # Class-aware sampling: a class (each round a new random order of all classes), then this many
+    # of its images in a row (each class cycles through its images in a new random order each round).
+    samples_per_class: int = 4
+    # The frozen backbone's BatchNorm while the classifier trains: "train" is what their code does
+    # (every network in train() mode: batch statistics, running statistics updated, weights frozen;
+    # the model is evaluated with the updated running statistics); "eval" keeps Phase I's.
+    bn: Literal["train", "eval"] = "train"
 
 
 @dataclass
@@ -195,6 +248,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     # Set by the loader, not by files: the experiment name and the files it came from.
     name: str = "custom"
     sources: list[str] = field(default_factory=list)
@@ -373,9 +427,34 @@ def validate(cfg: Config, where: str = "config") -> None:
          f"applies to finetune.method tau_norm or la_posthoc, not {f.method}")
     need(f.tau is None or f.method != "tau_norm" or 0.0 <= f.tau <= 1.0, "finetune.tau",
          f"must be in [0, 1] for tau_norm, got {f.tau}")
-    need(f.tau is None or f.method != "la_posthoc" or f.tau >= 0.0, "finetune.tau",
+    need(f.tau is None or f.method != "la_posthoc" or 0.0 <= f.tau < float("inf"), "finetune.tau",
          f"must be >= 0 for la_posthoc, got {f.tau}")
-    need(0.0 < f.holdout_fraction <= 0.5, "finetune.holdout_fraction", f"must be in (0, 0.5], got {f.holdout_fraction}")
+    need(f.loss == "ce" or f.method == "fsa", "finetune.loss",
+         f"{f.loss!r} applies to FSA and its control (finetune.method=fsa); {f.method} trains with its own recipe")
+    need(f.loss != "ldam" or cfg.model.classifier == "cosine", "finetune.loss",
+         f"'ldam' needs model.classifier=cosine (LDAM's margins are in cosine units), got {cfg.model.classifier!r}")
+    need(0 <= f.loss_tau < float("inf"), "finetune.loss_tau", f"must be >= 0, got {f.loss_tau}")
+    need(f.tau_from == "default" or f.method == "la_posthoc", "finetune.tau_from",
+         f"'validation' applies to finetune.method la_posthoc (tau_norm always chooses on validation), not {f.method}")
+    need(f.tau_from == "default" or f.tau is None, "finetune.tau_from",
+         f"'validation' chooses tau, so finetune.tau={f.tau} cannot be set with it")
+    need(f.tau_from == "default" or d.validation, "finetune.tau_from",
+         "'validation' needs a validation split: set dataset.validation=true")
+    need(not d.validation or d.name != "inat2018" or d.val_list is not None, "dataset.validation",
+         "inat2018 has no validation split (its val list is the test set): give a held-out list of your own as "
+         "dataset.val_list, or run without dataset.validation")
+    need(d.val_per_class >= 1, "dataset.val_per_class", f"must be >= 1, got {d.val_per_class}")
+    need(d.val_seed >= 0, "dataset.val_seed", f"must be >= 0, got {d.val_seed}")
+    for key, val in (("val_list", d.val_list), ("val_dir", d.val_dir)):
+        need(val is None or bool(val.strip()), f"dataset.{key}", "must name a file or folder under dataset.root")
+    b = cfg.baseline
+    need(b.lr > 0, "baseline.lr", f"must be positive, got {b.lr}")
+    need(0 <= b.momentum < 1, "baseline.momentum", "must be in [0, 1)")
+    need(b.weight_decay >= 0, "baseline.weight_decay", "must be >= 0")
+    need(b.batch_size > 0, "baseline.batch_size", f"must be positive, got {b.batch_size}")
+    need(b.crt_epochs > 0, "baseline.crt_epochs", f"must be positive, got {b.crt_epochs}")
+    need(b.lws_epochs > 0, "baseline.lws_epochs", f"must be positive, got {b.lws_epochs}")
+    need(b.samples_per_class >= 1, "baseline.samples_per_class", f"must be >= 1, got {b.samples_per_class}")
     need(f.lr > 0, "finetune.lr", "must be positive")
     need(f.eval_every > 0, "finetune.eval_every", "must be positive")
     need(f.save_every > 0, "finetune.save_every", "must be positive")

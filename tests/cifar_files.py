@@ -128,3 +128,29 @@ def write_fake_cifar100(root: str, n_per_class: int = 20, n_test_per_class: int 
         b"coarse_label_names": [n.encode() for n in coarse_names],
     }, os.path.join(folder, "meta"))
     return root
+
+
+def rewrite_cifar10(src_root: str, dst_root: str, edit_train=None, edit_test=None) -> str:
+    """A copy of a CIFAR-10 layout with the training and/or test images and labels edited:
+    ``edit_*(images N x 32 x 32 x 3 uint8, labels) -> (images, labels)``. Returns ``dst_root``."""
+    from fsa_lt.data.cifar import load_cifar_arrays
+
+    folder = os.path.join(dst_root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    x, y, names = load_cifar_arrays("cifar10", src_root, train=True)
+    if edit_train is not None:
+        x, y = edit_train(x.copy(), y.copy())
+    parts = np.array_split(np.arange(len(y)), 5)
+    for b, part in enumerate(parts, start=1):
+        write_py2_pickle({b"batch_label": f"training batch {b} of 5".encode(), b"labels": [int(v) for v in y[part]],
+                          b"data": _to_rows(x[part]), b"filenames": [f"e_{int(i):06d}.png".encode() for i in part]},
+                         os.path.join(folder, f"data_batch_{b}"))
+    tx, ty, _ = load_cifar_arrays("cifar10", src_root, train=False)
+    if edit_test is not None:
+        tx, ty = edit_test(tx.copy(), ty.copy())
+    write_py2_pickle({b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in ty], b"data": _to_rows(tx),
+                      b"filenames": [f"e_test_{i:06d}.png".encode() for i in range(len(ty))]},
+                     os.path.join(folder, "test_batch"))
+    write_py2_pickle({b"num_cases_per_batch": len(parts[0]), b"label_names": [n.encode() for n in names],
+                      b"num_vis": 3072}, os.path.join(folder, "batches.meta"))
+    return dst_root

@@ -1,5 +1,6 @@
-"""Classifier re-balancing baselines (Kang et al. 2020; Menon et al. 2021 post-hoc) and the
-held-out choice of tau, against hand-computed values and properties."""
+"""Classifier re-balancing baselines (Kang et al. 2020; Menon et al. 2021 post-hoc), their recipe's
+sampler and schedule, and the choice of tau on a validation split, against hand-computed values and
+properties."""
 import math
 
 import numpy as np
@@ -8,15 +9,16 @@ import torch
 import torch.nn as nn
 
 from fsa_lt.baselines import (
+    ClassAwareSampler,
     ClassBalancedSampler,
     LearnableWeightScaling,
     balanced_accuracy,
     choose_tau,
     class_balanced_indices,
     crt_classifier,
-    holdout_counts,
-    holdout_split,
     posthoc_adjust,
+    recipe_lr,
+    recipe_steps_per_epoch,
     tau_normalize,
     tau_normalized_classifier,
 )
@@ -215,49 +217,50 @@ def test_posthoc_adjust_bad_input():
         posthoc_adjust(torch.zeros(1, 2), [1, 2, 3], 1.0)
 
 
-# ---- held-out slice --------------------------------------------------------------------------
+# ---- the decoupling recipe: class-aware sampling and the schedule ------------------------------
 
 
-def test_holdout_counts_by_hand():
-    # 10 % of each class, rounded down, at least 1, never the whole class
-    assert holdout_counts([100, 25, 9, 2, 1, 0], 0.1).tolist() == [10, 2, 1, 1, 0, 0]
-    # 0.57 * 100 is 56.999... in floating point: still 57
-    assert holdout_counts([100], 0.57).tolist() == [57]
-    assert holdout_counts([10, 3], 0.5).tolist() == [5, 1]
-    for bad in (0.0, 1.0, -0.2, float("nan")):
-        with pytest.raises(ConfigError, match="fraction"):
-            holdout_counts([10], bad)
+def test_class_aware_sampling_visits_and_cycles():
+    """Their sampler: a visit is `m` images of one class in a row; classes come in rounds (each
+    class once per round, in a new order); a class's images come in cycles (no repeat before all
+    have been drawn)."""
+    sizes = [13, 5, 2, 1]
+    labels = torch.tensor(np.repeat(np.arange(4), sizes))[torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(3))]
+    m = 4
+    s = ClassAwareSampler(labels, samples_per_class=m, generator=torch.Generator().manual_seed(0))
+    stream = torch.cat([s.sample(7), s.sample(0), s.sample(57), s.sample(32)])  # batches end inside visits
+    assert stream.numel() == 96 and stream.dtype == torch.long
+    y = labels[stream].view(-1, m)  # 24 visits
+    assert (y == y[:, :1]).all()  # one class per visit
+    rounds = y[:, 0].view(-1, 4)  # 6 rounds of 4 classes
+    assert all(sorted(r.tolist()) == [0, 1, 2, 3] for r in rounds)
+    assert len({tuple(r.tolist()) for r in rounds}) > 1  # the class order is redrawn each round
+    for c, n in enumerate(sizes):
+        drawn = stream[labels[stream] == c].tolist()
+        for start in range(0, len(drawn) - n + 1, n):  # each full cycle is a permutation of the class
+            assert sorted(drawn[start:start + n]) == sorted(torch.nonzero(labels == c).view(-1).tolist())
+    # a batch of B = 4 K m samples holds every class exactly 4 m times: the batch prior is uniform
+    s2 = ClassAwareSampler(labels, samples_per_class=m, generator=torch.Generator().manual_seed(1))
+    b = s2.sample(4 * 4 * m)
+    assert torch.bincount(labels[b], minlength=4).tolist() == [16] * 4
+    # reproducible from the generator's seed
+    again = ClassAwareSampler(labels, samples_per_class=m, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat([again.sample(50), again.sample(46)]), stream)
+    with pytest.raises(ValueError, match="samples_per_class"):
+        ClassAwareSampler(labels, samples_per_class=0)
 
 
-def test_holdout_split_partition_and_counts():
-    labels = torch.tensor([0] * 50 + [1] * 12 + [2] * 3 + [3] * 1 + [0] * 30)  # classes interleaved
-    split = holdout_split(labels, fraction=0.1, seed=0, num_classes=5)
-    train, held, h = split
-    # a partition of 0..N-1, both sorted
-    assert torch.equal(torch.sort(torch.cat([train, held])).values, torch.arange(len(labels)))
-    assert torch.equal(train, train.sort().values) and torch.equal(held, held.sort().values)
-    # class sizes 80, 12, 3, 1, 0 -> 8, 1, 1, 0, 0
-    assert h.tolist() == [8, 1, 1, 0, 0]
-    assert torch.bincount(labels[held], minlength=5).tolist() == [8, 1, 1, 0, 0]
-    # the single image of class 3 stays for training
-    assert 65 in train.tolist()
-
-
-def test_holdout_split_is_a_function_of_the_seed_only():
-    labels = np.repeat(np.arange(3), [200, 40, 10])
-    a = holdout_split(labels, 0.1, seed=5)
-    torch.manual_seed(123)
-    np.random.seed(7)
-    b = holdout_split(torch.as_tensor(labels), 0.1, seed=5)
-    assert torch.equal(a.holdout_idx, b.holdout_idx)
-    c = holdout_split(labels, 0.1, seed=6)
-    assert not torch.equal(a.holdout_idx, c.holdout_idx)
-    assert torch.equal(a.holdout_counts, c.holdout_counts)
-    # over many seeds every image of a class is sometimes held out (uniform, not the first ones)
-    seen = torch.zeros(len(labels), dtype=torch.bool)
-    for s in range(60):
-        seen[holdout_split(labels, 0.1, seed=s).holdout_idx] = True
-    assert seen[200:240].all() and seen[240:].all()
+def test_recipe_schedule_by_hand():
+    # cosine to 0 over E epochs, stepped at the start of each epoch as their loop does
+    assert recipe_lr(0.2, 1, 10) == pytest.approx(0.2 * (1 + math.cos(math.pi / 10)) / 2)
+    assert recipe_lr(0.2, 5, 10) == pytest.approx(0.1)
+    assert recipe_lr(0.2, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert recipe_lr(0.2, 3, 5) == pytest.approx(0.2 * (1 + math.cos(3 * math.pi / 5)) / 2)
+    with pytest.raises(ValueError):
+        recipe_lr(0.2, 0, 10)
+    # an epoch is int(N / batch) steps: CIFAR-10-LT (12,406 images) in batches of 512 -> 24
+    assert recipe_steps_per_epoch(12406, 512) == 24
+    assert recipe_steps_per_epoch(100, 512) == 1
 
 
 # ---- choosing tau -----------------------------------------------------------------------------
@@ -268,7 +271,7 @@ def test_balanced_accuracy_by_hand():
     pred = torch.tensor([0, 0, 0, 1, 1, 0, 2])
     # per class: 3/4, 1/1, 1/2 -> mean 0.75; plain accuracy would be 5/7
     assert balanced_accuracy(pred, labels) == pytest.approx(100 * (0.75 + 1 + 0.5) / 3)
-    # a class absent from the slice does not count, even if predicted
+    # a class absent from the split does not count, even if predicted
     assert balanced_accuracy(torch.tensor([3, 1]), torch.tensor([0, 1])) == pytest.approx(50.0)
 
 
@@ -296,19 +299,17 @@ def test_choose_tau_by_hand_with_ties_to_the_smaller_tau():
         choose_tau(lambda t: torch.zeros(3, 3), [0.0], labels)
 
 
-def test_posthoc_tau_chosen_on_a_held_out_slice_beats_no_adjustment():
+def test_posthoc_tau_chosen_on_validation_beats_no_adjustment():
     """Property, end to end: scores of a model that learnt the long-tailed prior
-    (log p(x|y) + log pi_y); the held-out choice of the post-hoc tau is > 0 and raises
-    the class-balanced accuracy over tau = 0."""
+    (log p(x|y) + log pi_y); on a balanced validation set the choice of the post-hoc tau is > 0
+    and raises the class-balanced accuracy over tau = 0."""
     rng = np.random.default_rng(0)
     counts = np.array([500, 100, 20])
     means = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
-    y = np.repeat(np.arange(3), counts)
+    y = np.repeat(np.arange(3), 200)  # balanced: 200 a class
     x = means[y] + rng.normal(size=(len(y), 2))
     log_lik = -0.5 * ((x[:, None, :] - means[None]) ** 2).sum(-1)
     scores = torch.tensor(log_lik + np.log(counts / counts.sum()))
-    split = holdout_split(y, fraction=0.5, seed=0)
-    hy, hs = torch.as_tensor(y)[split.holdout_idx], scores[split.holdout_idx]
-    choice = choose_tau(lambda t: posthoc_adjust(hs, counts, t), [0.0, 0.5, 1.0, 1.5], hy)
+    choice = choose_tau(lambda t: posthoc_adjust(scores, counts, t), [0.0, 0.5, 1.0, 1.5], torch.as_tensor(y))
     curve = dict(choice.curve)
     assert choice.tau > 0 and choice.accuracy > curve[0.0] + 5

@@ -160,7 +160,8 @@ def _check_phase_outputs(work: Path, note: str, mode: str, phase_i_done: bool = 
     ck3 = work / "checkpoints" / "phase_iii" / NAME / note
     assert sorted(p.name for p in ck3.iterdir()) == ["best_model.pt", "last.pt", "model_iter_000020.pt"]
     m3 = _json(work / "log" / "phase_iii" / NAME / note / "metrics.json")
-    assert set(m3) == {"final", "best", "phase_i", "history", "method"} and m3["method"] == "fsa"
+    assert set(m3) == {"final", "best", "phase_i", "history", "method", "loss", "recipe"} and m3["method"] == "fsa"
+    assert m3["loss"] == {"loss": "ce"}
     assert METRIC_KEYS <= set(m3["final"]) and m3["final"]["num_test"] == sum(TEST_COUNTS)
     assert [h["iteration"] for h in m3["history"]] == [0, 10, 20]
     return index, m3

@@ -182,11 +182,11 @@ def test_online_variant_over_cached_store(ran):
                                                              "finetune.iterations=4", "finetune.eval_every=2"])
     res = phase_iii.finetune(cfg, "e2e", wd, "cpu")
     assert len(res["history"]) == 3  # iteration 0, 2, 4
-    out = wd / "log/phase_iii" / NAME / "e2e-online"
+    out = wd / "log/phase_iii" / NAME / "e2e-online-online"  # the variant, then the mode
     assert json.loads((out / "metrics.json").read_text())["final"]["iteration"] == 4
     from fsa_lt.engine.checkpoint import load_checkpoint
 
-    assert load_checkpoint(wd / "checkpoints/phase_iii" / NAME / "e2e-online/last.pt")["mode"] == "online"
+    assert load_checkpoint(wd / "checkpoints/phase_iii" / NAME / "e2e-online-online/last.pt")["mode"] == "online"
     # the default run's outputs are untouched
     assert json.loads((wd / "log/phase_iii" / NAME / "e2e/metrics.json").read_text())["final"]["iteration"] == 30
 

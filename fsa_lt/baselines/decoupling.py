@@ -5,17 +5,21 @@ Long-Tailed Recognition*, ICLR 2020.
 Given the Phase I representation, the classifier alone is re-balanced:
 
 * class-balanced sampling (their p_j = n_j^q / sum_i n_i^q with q = 0): every class equally likely, then
-  every image of the class equally likely;
+  every image of the class equally likely (`ClassBalancedSampler`, independent draws), and the
+  class-aware sampler their code uses (`ClassAwareSampler`: classes in shuffled rounds, a few
+  images of a class in a row);
 * cRT: a re-initialised classifier trained on class-balanced batches;
 * tau-normalisation: w_j <- w_j / |w_j|^tau, no bias, no training;
 * LWS: logits z_j <- f_j z_j with one learnt scale f_j per class, trained on
   class-balanced batches, the classifier frozen.
 
-Pure tensor code: the training loops (optimiser, iterations) belong to the caller.
+Pure tensor code: the training loops belong to the caller; `recipe_lr` and `recipe_steps_per_epoch`
+give the schedule of their published recipe (cls_crt.yaml / cls_lws.yaml, run_networks.py).
 """
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 
 import torch
@@ -26,6 +30,9 @@ from fsa_lt.errors import ConfigError
 from fsa_lt.models.heads import CosineClassifier
 
 __all__ = [
+    "ClassAwareSampler",
+    "recipe_lr",
+    "recipe_steps_per_epoch",
     "ClassBalancedSampler",
     "class_balanced_indices",
     "crt_classifier",
@@ -67,6 +74,83 @@ class ClassBalancedSampler:
         size = self.counts[c]
         within = torch.minimum((u * size).long(), size - 1)  # uniform in [0, n_c)
         return self.order[self.starts[c] + within]
+
+
+class ClassAwareSampler:
+    """Class-aware sampling as the decoupling authors' code draws it (their ``ClassAwareSampler``,
+    ``num_samples_cls``): a stream of sample indices made of *visits*; a visit picks the next class
+    of a cycle over all classes (a new random order of the classes each round) and yields the next
+    `samples_per_class` images of that class from the class's own cycle (a new random order of its
+    images each time it is used up).  So every class is visited once per round, and within a class
+    no image repeats before all have been seen.
+
+    The stream continues across `sample` calls (a batch may end inside a visit), as one long
+    sampler does over epochs.  `generator` is a CPU ``torch.Generator`` (the draws are on the CPU;
+    the result is moved to the labels' device).
+    """
+
+    def __init__(self, labels, samples_per_class: int = 4, generator: torch.Generator | None = None):
+        labels = torch.as_tensor(labels).reshape(-1)
+        if labels.numel() == 0:
+            raise ValueError("ClassAwareSampler: no labels")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"ClassAwareSampler: labels must be integers, got {labels.dtype}")
+        if int(samples_per_class) < 1:
+            raise ValueError(f"ClassAwareSampler: samples_per_class must be >= 1, got {samples_per_class}")
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError("ClassAwareSampler: the generator must be a CPU generator")
+        self.device = labels.device
+        self.m = int(samples_per_class)
+        self.generator = generator
+        y = labels.cpu()
+        self.classes = torch.unique(y)
+        self.members = [torch.nonzero(y == c).reshape(-1) for c in self.classes]
+        self._class_cycle = _Cycle(len(self.members), generator)
+        self._cycles = [_Cycle(len(m), generator) for m in self.members]
+        self._pending: list[int] = []  # the rest of a visit a batch ended inside
+
+    def sample(self, n: int) -> Tensor:
+        """The next `n` indices of the stream (int64, on the labels' device)."""
+        if n < 0:
+            raise ValueError(f"ClassAwareSampler: n must be >= 0, got {n}")
+        out = self._pending[:n]
+        self._pending = self._pending[n:]
+        while len(out) < n:
+            c = self._class_cycle.next()
+            visit = [int(self.members[c][self._cycles[c].next()]) for _ in range(self.m)]
+            take = n - len(out)
+            out.extend(visit[:take])
+            self._pending = visit[take:]
+        return torch.tensor(out, dtype=torch.long).to(self.device)
+
+
+class _Cycle:
+    """0..n-1 in a random order, a new order each time it is used up (their RandomCycleIter)."""
+
+    def __init__(self, n: int, generator):
+        self.n, self.generator, self.order, self.i = n, generator, None, n
+
+    def next(self) -> int:
+        if self.i == self.n:
+            self.order, self.i = torch.randperm(self.n, generator=self.generator).tolist(), 0
+        self.i += 1
+        return self.order[self.i - 1]
+
+
+def recipe_steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Steps of an epoch in their code: ``int(N / batch_size)`` (the sampler could go on for ever;
+    an epoch is the training set's size in samples, rounded down), at least one."""
+    return max(1, int(num_samples) // int(batch_size))
+
+
+def recipe_lr(base_lr: float, epoch: int, epochs: int, eta_min: float = 0.0) -> float:
+    """The learning rate of 1-based `epoch` of `epochs` in their recipe: cosine annealing to
+    `eta_min` (``CosineAnnealingLR(T_max=epochs)``) stepped at the *start* of each epoch, as their
+    training loop does, so epoch e runs at eta_min + (base - eta_min) (1 + cos(pi e / E)) / 2: the
+    first epoch already a step down, the last at eta_min."""
+    if not 1 <= epoch <= epochs:
+        raise ValueError(f"recipe_lr: epoch must be in [1, {epochs}], got {epoch}")
+    return eta_min + (base_lr - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
 def class_balanced_indices(labels, n: int, generator: torch.Generator | None = None) -> Tensor:

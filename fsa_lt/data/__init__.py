@@ -25,6 +25,9 @@ LIST_DEFAULTS = {
     "places_lt": ("Places_LT_train.txt", "Places_LT_test.txt", 365),
     "inat2018": ("train2018.json", "val2018.json", 8142),
 }
+# The official validation lists (20 images a class in both); iNaturalist 2018's val list is the
+# test set, so it has none.
+VAL_LIST_DEFAULTS = {"imagenet_lt": "ImageNet_LT_val.txt", "places_lt": "Places_LT_val.txt", "inat2018": None}
 
 
 def _check_classes(ds, cfg, split: str):
@@ -36,27 +39,34 @@ def _check_classes(ds, cfg, split: str):
 
 
 def build_dataset(cfg, split: str = "train", augment: bool | None = None):
-    """The `split` ('train' or 'test') of the configured data set.
+    """The `split` ('train', 'val' or 'test') of the configured data set.
 
     augment: training-time augmentation (default: True for 'train').  In-memory data
-    sets ignore it when the device loader does the augmentation itself.
+    sets ignore it when the device loader does the augmentation itself.  'val' is the
+    validation split of `dataset.validation` (see `validation_source`), evaluated like 'test'.
     """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"build_dataset: split must be train, val or test, got {split!r}")
     d = cfg.dataset
     train = split == "train"
     augment = train if augment is None else augment
     root = cfg.data_root
+    if split == "val":
+        validation_source(cfg)  # a data set without one is a one-line DataError
     if d.name in IN_MEMORY:
         from .transforms import cifar_eval_transform, cifar_train_transform
 
+        val = dict(val_per_class=d.val_per_class, val_seed=d.val_seed) if split == "val" else {}
+        pool = split in ("train", "val")  # the validation images come from the training pool
         if d.name == "digits":
             from .digits import DigitsLT
 
-            ds = DigitsLT(root=root, train=train, imb_ratio=d.imb_ratio, imb_type=d.imb_type, seed=d.subset_seed)
+            ds = DigitsLT(root=root, train=pool, imb_ratio=d.imb_ratio, imb_type=d.imb_type, seed=d.subset_seed, **val)
         else:
             from .cifar import CIFARLT
 
-            ds = CIFARLT(root, name=d.name, train=train, imb_ratio=d.imb_ratio if train else 1,
-                         imb_type=d.imb_type, seed=d.subset_seed, download=d.download)
+            ds = CIFARLT(root, name=d.name, train=pool, imb_ratio=d.imb_ratio if pool else 1,
+                         imb_type=d.imb_type, seed=d.subset_seed, download=d.download, **val)
         ds.transform = cifar_train_transform(ds.mean, ds.std) if augment else cifar_eval_transform(ds.mean, ds.std)
         return _check_classes(ds, cfg, split)
 
@@ -71,11 +81,34 @@ def build_dataset(cfg, split: str = "train", augment: bool | None = None):
         return _check_classes(build_own_dataset(cfg, split, tf), cfg, split)
     train_file, test_file, k = LIST_DEFAULTS[d.name]
     k = d.num_classes or k
-    rel = (d.train_list or train_file) if train else (d.test_list or test_file)
+    if split == "val":
+        rel = validation_source(cfg)
+    else:
+        rel = (d.train_list or train_file) if train else (d.test_list or test_file)
     list_path = Path(rel) if os.path.isabs(rel) else Path(root) / rel
     make = inat_dataset if d.name == "inat2018" else oltr_dataset
     ds = make(root, str(list_path), k, tf, train)
     return _check_classes(ds, cfg, split)
+
+
+def validation_source(cfg) -> str:
+    """What the validation split of `cfg` is made of, in words (in-memory sets) or as the list /
+    folder it is read from; a `DataError` when the data set has none."""
+    d = cfg.dataset
+    if not d.validation:
+        raise DataError("no validation split: dataset.validation is false")
+    if d.name in IN_MEMORY:
+        return (f"up to {d.val_per_class} images a class from the training images outside the long-tailed subset "
+                f"(val_seed {d.val_seed})")
+    if d.name == "imagefolder":
+        return d.val_dir or "val"
+    if d.name == "csv":
+        return d.val_list or "val.csv"
+    rel = d.val_list or VAL_LIST_DEFAULTS[d.name]
+    if rel is None:
+        raise DataError(f"{d.name} has no validation split (its val list is the test set): give a held-out list "
+                        "of your own as dataset.val_list, or run without dataset.validation")
+    return rel
 
 
 def class_counts(ds, num_classes: int | None = None) -> np.ndarray:

@@ -32,7 +32,7 @@ import urllib.request
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from .base import InMemoryLT
+from .base import InMemoryLT, validation_indices
 
 from fsa_lt.errors import DataError
 
@@ -346,7 +346,12 @@ class CIFARLT(InMemoryLT):
         seed: int = 0,
         transform: Optional[Callable] = None,
         download: bool = False,
+        val_per_class: Optional[int] = None,
+        val_seed: int = 0,
     ):
+        """``val_per_class`` (with ``train=True``): the validation split instead, up to that many
+        images of each class from the training images outside the long-tailed subset
+        (`validation_indices`, drawn with ``val_seed``); ``val_counts`` holds the per-class sizes."""
         spec = _spec(name)
         self.name = _ALIASES[str(name).lower()]
         self.root = os.path.abspath(os.path.expanduser(root if root is not None else default_root()))
@@ -359,8 +364,12 @@ class CIFARLT(InMemoryLT):
         self.mean = tuple(spec["mean"])
         self.std = tuple(spec["std"])
         data, targets, self.classes = load_cifar_arrays(self.name, self.root, self.train, download)
+        self.split = "test" if not self.train else ("train" if val_per_class is None else "val")
         if self.train:
             self.indices = long_tailed_indices(targets, self.num_classes, imb_ratio, imb_type, seed)
+            if val_per_class is not None:
+                self.indices = validation_indices(targets, self.indices, val_per_class, val_seed, self.num_classes)
+                self.val_counts = np.bincount(targets[self.indices], minlength=self.num_classes)
             self.data = np.ascontiguousarray(data[self.indices])
             self.targets = targets[self.indices].astype(np.int64)
         else:
@@ -369,5 +378,5 @@ class CIFARLT(InMemoryLT):
             self.targets = targets.astype(np.int64)
 
     def __repr__(self) -> str:
-        split = f"train, IR {self.imb_ratio} {self.imb_type}, seed {self.seed}" if self.train else "test"
+        split = f"{self.split}, IR {self.imb_ratio} {self.imb_type}, seed {self.seed}" if self.train else "test"
         return f"CIFARLT({self.name}, {split}, {len(self)} images, root={self.root})"

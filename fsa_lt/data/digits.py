@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
-from .base import InMemoryLT
+from .base import InMemoryLT, validation_indices
 
 from fsa_lt.errors import DataError
 from fsa_lt.data.cifar import long_tailed_indices
@@ -75,7 +75,11 @@ class DigitsLT(InMemoryLT):
         seed: int = 0,
         transform: Optional[Callable] = None,
         test_fraction: float = 0.4,
+        val_per_class: Optional[int] = None,
+        val_seed: int = 0,
     ):
+        """``val_per_class`` (with ``train=True``): the validation split instead, from the training
+        split's images outside the long-tailed subset (as `CIFARLT`)."""
         self.root = root  # unused: the data ship with scikit-learn
         self.train = bool(train)
         self.imb_ratio = imb_ratio
@@ -94,6 +98,9 @@ class DigitsLT(InMemoryLT):
             y_tr = y_all[tr]
             n_max = int(np.bincount(y_tr, minlength=10).min())
             self.indices = long_tailed_indices(y_tr, 10, imb_ratio, imb_type, seed, n_max=n_max)
+            if val_per_class is not None:
+                self.indices = validation_indices(y_tr, self.indices, val_per_class, val_seed, 10)
+                self.val_counts = np.bincount(y_tr[self.indices], minlength=10)
             self.source_indices = tr[self.indices]
         else:
             self.indices = np.arange(len(te), dtype=np.int64)

@@ -420,7 +420,7 @@ def csv_dataset(root, train_csv, test_csv=None, split: str = "train", transform:
 # --------------------------------------------------------------------------- config
 
 
-CSV_DEFAULTS = ("train.csv", "test.csv")
+CSV_DEFAULTS = ("train.csv", "test.csv", "val.csv")
 _warned: set[str] = set()
 
 
@@ -441,10 +441,22 @@ def build_own_dataset(cfg, split: str, transform: Optional[Callable] = None) -> 
     d = cfg.dataset
     root = cfg.data_root
     if d.name == "imagefolder":
+        # With a validation split the evaluation folders are val_dir (default val) and test_dir
+        # (default test), and they must differ; without one, test_dir defaults to val, else test.
+        val_dir = (d.val_dir or "val") if d.validation else None
+        test_dir = d.test_dir or ("test" if d.validation else None)
+        if val_dir is not None and os.path.normpath(val_dir) == os.path.normpath(test_dir):
+            raise DataError(f"{os.path.join(root, val_dir)}: the validation folder is the test folder "
+                            "(set dataset.val_dir and dataset.test_dir to different folders)")
         ds = image_folder_dataset(root, split="train" if split == "train" else "test",
-                                  train_dir=d.train_dir or "train", test_dir=d.test_dir, transform=transform)
+                                  train_dir=d.train_dir or "train", test_dir=val_dir if split == "val" else test_dir,
+                                  transform=transform)
     elif d.name == "csv":
-        ds = csv_dataset(root, _under(root, d.train_list or CSV_DEFAULTS[0]), _under(root, d.test_list or CSV_DEFAULTS[1]),
+        other = (d.val_list or CSV_DEFAULTS[2]) if split == "val" else (d.test_list or CSV_DEFAULTS[1])
+        if split == "val" and os.path.normpath(_under(root, other)) == os.path.normpath(
+                _under(root, d.test_list or CSV_DEFAULTS[1])):
+            raise DataError(f"{_under(root, other)}: the validation list is the test list")
+        ds = csv_dataset(root, _under(root, d.train_list or CSV_DEFAULTS[0]), _under(root, other),
                          split="train" if split == "train" else "test", transform=transform, num_classes=d.num_classes)
     else:
         raise DataError(f"build_own_dataset: dataset.name {d.name!r} is not imagefolder or csv")

@@ -1,6 +1,6 @@
 """Feature Space Augmentation itself: pure tensor functions, no I/O (see docs/METHOD.md)."""
 
-from fsa_lt.method.augment import FSASampler, build_batch, fuse_pooled, synthesize
+from fsa_lt.method.augment import FSASampler, batch_prior, build_batch, fuse_pooled, synthesize
 from fsa_lt.method.cam import cam_weights, class_activation_maps, decompose_masks, normalize_cams, usable_locations
 from fsa_lt.method.confusion import confusing_classes, mean_scores_by_class
 from fsa_lt.method.split import frequency_order, head_tail_split, shot_groups
@@ -17,6 +17,7 @@ __all__ = [
     "mean_scores_by_class",
     "confusing_classes",
     "FSASampler",
+    "batch_prior",
     "fuse_pooled",
     "synthesize",
     "build_batch",

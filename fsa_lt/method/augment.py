@@ -32,7 +32,7 @@ from torch import Tensor
 from fsa_lt.errors import ConfigError
 from fsa_lt.method.cam import _check_taus, decompose_masks, normalize_cams, usable_locations
 
-__all__ = ["FSASampler", "fuse_pooled", "synthesize", "build_batch"]
+__all__ = ["FSASampler", "batch_prior", "fuse_pooled", "synthesize", "build_batch"]
 
 
 def _as_long(x, device) -> Tensor:
@@ -217,6 +217,32 @@ class FSASampler:
 
 
 # ---------------------------------------------------------------------- fusion
+def batch_prior(class_counts, head_classes, tail_classes, tail_sampling: str = "instance") -> Tensor:
+    """The class prior q that FSA's batches impose: the expected fraction of a batch's labels in each class.
+
+    Half of a batch is head samples drawn uniformly over the head classes' images, so a head class
+    j gets q_j = n_j / (2 N_head); the other half is the real tail samples and the synthetic (or,
+    for the No-Aug control, extra real) samples made from them, all labelled with the drawn tail
+    sample's class, so a tail class gets q_j = n_j / (2 N_tail) under instance sampling and
+    1 / (2 |T|) under class sampling. A class in neither list gets 0. Float64, sums to 1.
+    """
+    n = torch.as_tensor(np.asarray(class_counts, dtype=np.float64))
+    head = torch.as_tensor(np.asarray(head_classes, dtype=np.int64)).reshape(-1)
+    tail = torch.as_tensor(np.asarray(tail_classes, dtype=np.int64)).reshape(-1)
+    if head.numel() == 0 or tail.numel() == 0:
+        raise ConfigError("batch_prior: needs head and tail classes")
+    q = torch.zeros_like(n)
+    q[head] = 0.5 * n[head] / n[head].sum()
+    if tail_sampling == "class":
+        present = tail[n[tail] > 0]
+        q[present] = 0.5 / present.numel()
+    elif tail_sampling == "instance":
+        q[tail] = 0.5 * n[tail] / n[tail].sum()
+    else:
+        raise ConfigError(f"tail_sampling must be 'instance' or 'class', got {tail_sampling!r}")
+    return q
+
+
 def fuse_pooled(
     fmap_tail: Tensor,
     spec_usable: Tensor,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import Config
-from ..data import build_dataset, class_counts, make_loader
+from ..data import build_dataset, class_counts, make_loader, validation_source
 from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state, save_checkpoint
 from ..engine.metrics import confusion_matrix, summarize
@@ -32,7 +32,7 @@ from ..engine.run import seed_everything
 from ..engine.trainer import amp_mode, autocast, feature_maps, precision_note
 from ..errors import CheckpointError, ConfigError, DataError
 from ..method import FSASampler, build_batch, cam_weights, class_activation_maps, normalize_cams, synthesize
-from . import rebalance, records, store
+from . import eval_features, rebalance, records, store
 from .common import (build_model, command_hint, finish_phase, log_metrics, needs_staging, phase_run,
                      save_confusion_matrix, short_metrics, test_checkpoint, upstream_record)
 from .phase_i import completed
@@ -138,13 +138,21 @@ METHOD_NAMES = {"fsa": "fsa", "crt": "crt", "lws": "lws", "tau_norm": "tau-norm"
 
 
 def output_note(cfg: Config, note: str) -> str:
-    """Where a Phase III run writes: <note>[-<variant>][-<method>][-fs<finetune.seed>][-noaug]. The
-    "No Aug" control, the baselines, variants and Phase III seeds sit beside the FSA run and read
-    the same Phase I model and Phase II store."""
+    """Where a Phase III run writes: <note>[-<variant>][-<method>[-store|-val]|-online][-fs<finetune.seed>][-noaug].
+    The "No Aug" control, the baselines, variants and Phase III seeds sit beside the FSA run and read
+    the same Phase I model and Phase II store: ``-store`` is cRT / LWS on the stored features (not
+    their recipe), ``-val`` post-hoc LA with tau chosen on validation, ``-online`` FSA over images
+    through the frozen backbone (finetune.mode=online)."""
     f = cfg.finetune
     out = f"{note}-{f.variant}" if f.variant else note
     if f.method != "fsa":
         out += f"-{METHOD_NAMES[f.method]}"
+        if f.method in ("crt", "lws") and cfg.baseline.input == "store":
+            out += "-store"
+        if f.method == "la_posthoc" and f.tau_from == "validation":
+            out += "-val"
+    elif f.mode == "online":
+        out += "-online"
     if f.seed is not None:
         out += f"-fs{f.seed}"
     return out if f.augment else f"{out}-noaug"
@@ -172,6 +180,16 @@ def finetune(cfg: Config, note: str, workdir=".", device=None, force: bool = Fal
         return _finetune(cfg, run, note, prep, upstream)
 
 
+def check_choices(cfg: Config) -> None:
+    """A method that must choose something has somewhere to choose it (a ConfigError before any work)."""
+    f = cfg.finetune
+    if f.method == "tau_norm" and f.tau is None and not cfg.dataset.validation and cfg.model.classifier != "cosine":
+        raise ConfigError("finetune.method=tau_norm has no default tau: it is chosen on a validation split "
+                          "(dataset.validation=true) or set (finetune.tau=...)")
+    if cfg.dataset.validation:
+        validation_source(cfg)  # a data set without a validation split: a one-line DataError
+
+
 def _prepare(cfg: Config, note: str, workdir: Path, upstream: dict) -> dict:
     f, e = cfg.finetune, cfg.extract
     folder = workdir / "feature" / cfg.name / note
@@ -195,13 +213,21 @@ def _prepare(cfg: Config, note: str, workdir: Path, upstream: dict) -> dict:
     mode = f.mode or index["mode"]
     if mode == "cached" and index["mode"] != "cached":
         raise ConfigError(f"finetune.mode=cached needs a cached feature store; {folder} was extracted online")
+    check_choices(cfg)
+    val_set = None
+    if cfg.dataset.validation:
+        val_set = build_dataset(cfg, "val")
+        if val_set.num_classes != K:
+            raise DataError(f"the validation split has {val_set.num_classes} classes, the training split {K}")
+        if len(val_set) == 0:
+            raise DataError(f"the validation split ({validation_source(cfg)}) holds no image")
     ckpt = records.resolve(workdir, index["checkpoint"])
     state = load_checkpoint(ckpt, expect_phase="phase_i")
     check_compatible(state, ckpt, cfg.model.name, K)
     if mode == "cached":
         store.check_shards(folder, index)
-    return {"folder": folder, "index": index, "train_set": train_set, "test_set": test_set, "counts": counts,
-            "mode": mode, "ckpt": ckpt, "state": state}
+    return {"folder": folder, "index": index, "train_set": train_set, "test_set": test_set, "val_set": val_set,
+            "counts": counts, "mode": mode, "ckpt": ckpt, "state": state}
 
 
 def _full_state(backbone, head, cfg, counts, iteration, metrics, index) -> dict:
@@ -221,17 +247,18 @@ def _full_state(backbone, head, cfg, counts, iteration, metrics, index) -> dict:
 
 
 def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
-    f, e = cfg.finetune, cfg.extract
+    f, e, b = cfg.finetune, cfg.extract, cfg.baseline
     dev = run.device
     seed = cfg.seed if f.seed is None else f.seed
     seed_everything(seed)
     folder, index, train_set, test_set = prep["folder"], prep["index"], prep["train_set"], prep["test_set"]
     counts, mode = prep["counts"], prep["mode"]
     K = len(counts)
-    amp = amp_mode(cfg.train)
+    amp = amp_mode(cfg.train)  # Phase III trains only a head on fp32 features; evaluation is fp32
     tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
     backbone = build_model(cfg, K, dev, pretrained=False)
     load_model_state(backbone, prep["state"], prep["ckpt"])
+    seed_everything(seed)  # build_model seeds its initialisation with `seed`; what follows draws with Phase III's
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -243,6 +270,9 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     world, rank = dist.world_size(), dist.rank()
     if f.n_t % world:
         raise ConfigError(f"finetune.n_t={f.n_t} is not divisible by the world size {world}")
+    recipe = f.method in ("crt", "lws") and b.input == "images"
+    if recipe and b.batch_size % world:
+        raise ConfigError(f"baseline.batch_size={b.batch_size} is not divisible by the world size {world}")
     gen = torch.Generator(device=dev).manual_seed(seed * 7919 + rank)
     head = np.asarray(index["head"], dtype=np.int64)
     tail = np.asarray(index["tail"], dtype=np.int64)
@@ -252,8 +282,9 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
                          tail_sampling=f.tail_sampling, generator=gen, device=dev)
 
     t0 = time.perf_counter()
-    test_loader = make_loader(test_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size)
-    test_feats, test_labels = pooled_features(backbone, test_loader, dev, amp)
+    splits = _EvalSplits(cfg, prep, backbone, dev)
+    test_feats, test_labels = splits.test
+    val = splits.val
     if mode == "cached":
         # maps and CAMs in (device) memory, or memory-mapped and gathered per batch (store.open_store)
         fmaps, cams, store_labels, pooled_real, how = store.open_store(folder, index, dev, e.store_access)
@@ -273,46 +304,76 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     else:
         what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
-                 f"precision {precision_note(dev, amp)}; setup {time.perf_counter() - t0:.1f}s")
+                 f"precision {precision_note(dev, amp)} (evaluation fp32); evaluation features {splits.how}; "
+                 f"setup {time.perf_counter() - t0:.1f}s")
 
     m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
     m0["iteration"] = 0
     log_metrics(run, "test", m0, 0)
-    ckpt_dir = run.dirs["ckpt"]
     history = [{k: m0[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")}]
-    extra_payload = {}
+    extra_payload, plan = {}, None
     if f.method == "fsa":
         def next_batch():
             if mode == "cached":
                 return build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen)
             return batches.next()
 
-        head_module = fc
+        head_module, plan = fc, rebalance.fsa_plan(f)
+        plan.loss, extra_payload["loss"] = rebalance.fsa_loss(cfg, counts, head, tail, dev)
+    elif f.method in ("crt", "lws"):
+        head_module = rebalance.baseline_head(f.method, fc, backbone, seed)
+        if recipe:
+            plan = rebalance.recipe_plan(b, f.method, len(train_set), world)
+            next_batch = rebalance.RecipeBatches(
+                backbone, train_set, labels, b.batch_size // world, b.samples_per_class, b.bn, dev, seed, rank,
+                lambda: build_dataset(cfg, "train", augment=True), cfg.dataset.num_workers)
+            extra_payload["input"] = "images"
+        else:
+            if pooled_real is None:  # an online store: the pooled features of the training images, once
+                train_loader = make_loader(train_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size,
+                                           shard=False)
+                pooled_real = pooled_features(backbone, train_loader, dev, False, gather=False)[0]
+            plan = rebalance.fsa_plan(f)
+            plan.what = "like for like with FSA (stored features, class-balanced draws): " + plan.what
+            next_batch = rebalance.store_batches(pooled_real, labels, batch, gen)
+            extra_payload["input"] = "store"
+        run.log.info(f"{f.method}: {plan.what}")
     else:
-        if pooled_real is None:  # an online store: the pooled features of the training images, once
-            train_loader = make_loader(train_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size, shard=False)
-            pooled_real = pooled_features(backbone, train_loader, dev, amp, gather=False)[0]
-        head_module, next_batch, extra_payload = rebalance.prepare(f, fc, backbone, pooled_real, labels, counts, batch,
-                                                                   gen, seed, run.log.info)
+        head_module, extra_payload["tau"] = rebalance.fixed_head(f, fc, counts, val, run.log.info)
+    extra_payload["recipe"] = plan.what if plan is not None else "no training"
+
     t1 = time.perf_counter()
-    if f.method in ("tau_norm", "la_posthoc"):  # nothing to train: the adjusted classifier is the model
-        cm = evaluate_head(head_module, test_feats, test_labels, K)
-        final = summarize(cm, counts, e.h_r)
-        final["iteration"] = 0
-        best = final
-        history = [dict(history[0], **{k: final[k] for k in ("top1", "many", "medium", "few", "head", "tail")})]
-        log_metrics(run, "test", final, 0)
-        save_confusion_matrix(run, cm)
-        if run.main:
-            st = _full_state(backbone, head_module, cfg, counts, 0, final, index)
-            save_checkpoint(ckpt_dir / "best_model.pt", st)
-            save_checkpoint(ckpt_dir / "last.pt", st)
-        iterations = 0
-    else:
-        final, best, history = _train_head(run, cfg, head_module, next_batch, test_feats, test_labels, counts, history,
-                                           backbone, index)
-        iterations = f.iterations
+    ckpt_dir = run.dirs["ckpt"]
+    best = None
+    if plan is not None:
+        best = _train_head(run, cfg, head_module, next_batch, plan, test_feats, test_labels, counts, history,
+                           backbone, index)
+    iterations = plan.iterations if plan is not None else 0
     dt = time.perf_counter() - t1
+    if recipe and b.bn == "train":  # the backbone's running statistics moved: its features, anew
+        if world > 1:  # each rank moved them on its own batches: one model, the mean of the ranks'
+            for name, buf in backbone.named_buffers():
+                if name.endswith(("running_mean", "running_var")):
+                    buf.copy_(dist.all_reduce_sum(buf.clone()) / world)
+        splits.recompute(backbone)
+        test_feats, test_labels = splits.test
+        val = splits.val
+    cm = evaluate_head(head_module, test_feats, test_labels, K)
+    final = summarize(cm, counts, e.h_r)
+    final["iteration"] = iterations
+    if plan is None:  # nothing trained: the adjusted classifier is the only point
+        history = []
+    history.append({k: final[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
+    log_metrics(run, "test", final, iterations)
+    save_confusion_matrix(run, cm)
+    if run.main:
+        st = _full_state(backbone, head_module, cfg, counts, iterations, final, index)
+        save_checkpoint(ckpt_dir / "last.pt", st)
+        if best is None or final["top1"] > best["top1"]:
+            best = final
+            save_checkpoint(ckpt_dir / "best_model.pt", st)
+    if val is not None:
+        extra_payload.update(_on_validation(run, f, head_module, val, test_feats, test_labels, counts, e.h_r, K, dev))
     run.log.info(f"{iterations} iterations in {dt:.1f}s" + (f" ({iterations / dt:.1f} it/s)" if iterations else "")
                  + f"; final top1 {final['top1']:.2f} (Phase I {m0['top1']:.2f}); best {best['top1']:.2f} "
                  f"at iteration {best['iteration']} (test-set selected)")
@@ -323,54 +384,113 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     rec = finish_phase(run, payload, inputs=inputs, outputs={"last.pt": ck / "last.pt", "best_model.pt": ck / "best_model.pt"},
                        summary={"final": short_metrics(final), "best (test-selected)": short_metrics(best)},
                        iterations_per_second=iterations / dt if iterations else None,
-                       environment_extra={"precision": precision_note(dev, amp)})
+                       environment_extra={"precision": precision_note(dev, amp),
+                                          "evaluation_precision": "fp32"})
     return dict(payload, record=rec)
 
 
-def _train_head(run, cfg: Config, head_module, next_batch, test_feats, test_labels, counts, history, backbone, index):
-    """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()`, the
-    test features evaluated every finetune.eval_every iterations; FSA, its control, cRT and LWS."""
+class _EvalSplits:
+    """The pooled backbone features of the test split and, with dataset.validation, of the validation
+    split; from the cache beside the store while the backbone is Phase I's (`eval_features`)."""
+
+    def __init__(self, cfg, prep, backbone, dev):
+        self.cfg, self.dev = cfg, dev
+        self.sets = {"test": prep["test_set"], "val": prep["val_set"]}
+        self.val_counts = (np.bincount(np.asarray(prep["val_set"].targets), minlength=len(prep["counts"]))
+                           if prep["val_set"] is not None else None)
+        self.feats, hits = {}, []
+        for name, ds in self.sets.items():
+            if ds is None:
+                continue
+            key = eval_features.cache_key(prep["ckpt"], name, ds, cfg.model.name)
+            feats, labels, hit = eval_features.pooled(lambda ds=ds: self._compute(backbone, ds), prep["folder"], key,
+                                                      len(ds), dev)
+            self.feats[name] = (feats, labels)
+            hits.append(f"{name} {'cached' if hit else 'computed'}")
+        self.how = ", ".join(hits)
+
+    def _compute(self, backbone, ds):
+        loader = make_loader(ds, self.cfg, self.dev, train=False, batch_size=self.cfg.train.eval_batch_size)
+        return pooled_features(backbone, loader, self.dev, False)
+
+    def recompute(self, backbone):
+        for name, ds in self.sets.items():
+            if ds is not None:
+                self.feats[name] = self._compute(backbone, ds)
+        self.how = "recomputed after training (the backbone's BatchNorm statistics moved)"
+
+    @property
+    def test(self):
+        return self.feats["test"]
+
+    @property
+    def val(self):
+        if "val" not in self.feats:
+            return None
+        return (*self.feats["val"], self.val_counts)
+
+
+def _on_validation(run, f, head_module, val, test_feats, test_labels, counts, h_r, K, dev) -> dict:
+    """The final classifier on the validation split, and post-hoc logit adjustment on top of it with tau
+    chosen there (grid [0, 2], 0 = the classifier as it is): what a prior correction adds to this method."""
+    vf, vl, vc = val
+    vm = summarize(evaluate_head(head_module, vf, vl, K), counts, h_r)
+    out = {"validation": {"per_class_images": [int(c) for c in vc], "final": vm}}
+    if f.method == "la_posthoc":
+        return out
+    info = rebalance.choose_on_validation(lambda t: rebalance.posthoc(head_module, counts, t, dev),
+                                          rebalance.TAU_GRIDS["la_posthoc"], vf, vl, vc)
+    adjusted = rebalance.posthoc(head_module, counts, info["tau"], dev)
+    m = summarize(evaluate_head(adjusted, test_feats, test_labels, K), counts, h_r)
+    out["posthoc_la"] = dict(info, final=m)
+    run.log.info(f"+ post-hoc LA (tau {info['tau']:g} chosen on validation): top1 {m['top1']:.2f}")
+    return out
+
+
+def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, test_labels, counts, history, backbone,
+                index):
+    """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()` as `plan` says
+    (FSA, its control, cRT and LWS); the test features evaluated every ``plan.eval_every`` iterations
+    before the last (the caller evaluates the final head). Returns the best of those evaluations
+    (test-set selected, reported as such) or None."""
     f, e = cfg.finetune, cfg.extract
     dev, world, K = run.device, dist.world_size(), len(counts)
     ckpt_dir = run.dirs["ckpt"]
     train_fc = DDP(head_module, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else head_module
-    opt = torch.optim.SGD([p for p in train_fc.parameters() if p.requires_grad], lr=f.lr, momentum=f.momentum,
-                          weight_decay=f.weight_decay)
-    best, final = None, None
+    opt = torch.optim.SGD([p for p in train_fc.parameters() if p.requires_grad], lr=plan.lr, momentum=plan.momentum,
+                          weight_decay=plan.weight_decay)
+    best = None
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     t1 = time.perf_counter()
-    for it in range(1, f.iterations + 1):
+    for it in range(1, plan.iterations + 1):
+        if plan.lr_at is not None:
+            for g in opt.param_groups:
+                g["lr"] = plan.lr_at(it)
         x, y = next_batch()
-        loss = F.cross_entropy(train_fc(x), y)
+        loss = plan.loss(train_fc(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss_sum += loss.detach()
-        if it % f.eval_every == 0 or it == f.iterations:
-            n = f.eval_every if it % f.eval_every == 0 else it % f.eval_every
+        if it % plan.log_every == 0 or it == plan.iterations:
+            n = plan.log_every if it % plan.log_every == 0 else it % plan.log_every
             avg = float(dist.all_reduce_sum(loss_sum.clone()) / world / n)
             loss_sum.zero_()
-            cm = evaluate_head(head_module, test_feats, test_labels, K)
-            m = summarize(cm, counts, e.h_r)
+            run.scalar("train/loss", avg, it)
+            run.log.info(f"iter {it:6d}/{plan.iterations} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.5g} | "
+                         f"{time.perf_counter() - t1:.1f}s")
+        if plan.eval_every and it % plan.eval_every == 0 and it < plan.iterations:
+            m = summarize(evaluate_head(head_module, test_feats, test_labels, K), counts, e.h_r)
             m["iteration"] = it
             history.append({k: m[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
-            run.scalar("train/loss", avg, it)
             log_metrics(run, "test", m, it)
-            run.log.info(f"iter {it:6d}/{f.iterations} loss {avg:.4f} | {time.perf_counter() - t1:.1f}s")
             if best is None or m["top1"] > best["top1"]:
                 best = m
                 if run.main:
                     save_checkpoint(ckpt_dir / "best_model.pt", _full_state(backbone, head_module, cfg, counts, it, m, index))
-            if it == f.iterations:
-                final = m
-                save_confusion_matrix(run, cm)
-        if run.main and (it % f.save_every == 0 or it == f.iterations):
-            st = _full_state(backbone, head_module, cfg, counts, it, None, index)
-            if it % f.save_every == 0:
-                save_checkpoint(ckpt_dir / f"model_iter_{it:06d}.pt", st)
-            if it == f.iterations:
-                save_checkpoint(ckpt_dir / "last.pt", st)
-    return final, best, history
+        if run.main and it % f.save_every == 0 and plan.eval_every:
+            save_checkpoint(ckpt_dir / f"model_iter_{it:06d}.pt", _full_state(backbone, head_module, cfg, counts, it, None, index))
+    return best
 
 
 def test(cfg: Config, note: str, workdir=".", device=None, checkpoint: str = "best") -> dict:

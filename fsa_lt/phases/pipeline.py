@@ -24,6 +24,7 @@ from ..engine.io import write_json, write_text
 from ..errors import ConfigError
 from . import records, summary
 from .phase_iii import output_note
+from ..data import validation_source
 
 
 def check_seeds(seeds, flag: str) -> list[int] | None:
@@ -42,13 +43,23 @@ def check_seeds(seeds, flag: str) -> list[int] | None:
 
 
 # Phase III "arms": what a row of the summary is; `fsa-lt compare --methods` names them.
+# key -> (row key, row label, overrides, input shown in the compare table)
 ARMS = {
-    "fsa": ("fsa", "Phase III, FSA", []),
-    "no-aug": ("control", "Phase III, augmentation off (No-Aug control)", ["finetune.augment=false"]),
-    "crt": ("crt", "cRT (classifier re-trained, class-balanced)", ["finetune.method=crt"]),
-    "lws": ("lws", "LWS (learnt weight scaling, class-balanced)", ["finetune.method=lws"]),
-    "tau-norm": ("tau_norm", "tau-normalisation", ["finetune.method=tau_norm"]),
-    "la-posthoc": ("la_posthoc", "post-hoc logit adjustment", ["finetune.method=la_posthoc"]),
+    "fsa": ("fsa", "Phase III, FSA", [], "store"),
+    "no-aug": ("control", "Phase III, augmentation off (No-Aug control)", ["finetune.augment=false"], "store"),
+    "fsa-online": ("fsa_online", "Phase III, FSA", ["finetune.mode=online"], "images"),
+    "no-aug-online": ("control_online", "Phase III, augmentation off (No-Aug control)",
+                      ["finetune.mode=online", "finetune.augment=false"], "images"),
+    "crt": ("crt", "cRT (Kang et al.'s recipe)", ["finetune.method=crt"], "images"),
+    "crt-store": ("crt_store", "cRT, like for like with FSA (not the recipe)", ["finetune.method=crt", "baseline.input=store"],
+                  "store"),
+    "lws": ("lws", "LWS (Kang et al.'s recipe)", ["finetune.method=lws"], "images"),
+    "lws-store": ("lws_store", "LWS, like for like with FSA (not the recipe)", ["finetune.method=lws", "baseline.input=store"],
+                  "store"),
+    "tau-norm": ("tau_norm", "tau-normalisation", ["finetune.method=tau_norm"], "-"),
+    "la-posthoc": ("la_posthoc", "post-hoc logit adjustment (tau = 1)", ["finetune.method=la_posthoc"], "-"),
+    "la-posthoc-val": ("la_posthoc_val", "post-hoc logit adjustment (tau on validation)",
+                       ["finetune.method=la_posthoc", "finetune.tau_from=validation"], "-"),
 }
 
 
@@ -92,7 +103,7 @@ def _member(config: str, note: str, seed, overrides: list[str], methods: list[st
         raise ConfigError("finetune.augment / finetune.method overrides on `fsa-lt run`: the No-Aug control is "
                           "--control, the baselines are `fsa-lt compare --methods`; drop the override")
     for name in methods:
-        key, label, extra = ARMS[name]
+        key, label, extra, _ = ARMS[name]
         m.arms.append((key, label, [load_config(config, "phase_iii", p3 + extra + ([f"finetune.seed={k}"] if k is not None else []))
                                     for k in p3_seeds or [None]]))
     return m
@@ -180,15 +191,17 @@ def _evidence(workdir: Path, config: str, members: list[Member]) -> dict:
 
 
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
-        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
+        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True,
+        extra_methods=()) -> dict:
     """Run (or reuse, or resume) every phase, then write ``log/run/<config>/<note>/summary.md|json``
     and the report. `resume` is accepted for symmetry with `fsa-lt train --resume`: an interrupted
-    run with the same settings is always resumed."""
+    run with the same settings is always resumed. `extra_methods`: more Phase III rows (names of
+    `ARMS`, e.g. "la-posthoc"), run beside FSA and the control."""
     workdir = Path(workdir)
     overrides = list(overrides or [])
     seeds = check_seeds(seeds, "--seeds")
     p3_seeds = check_seeds(phase_iii_seeds, "--phase-iii-seeds")
-    methods = (["no-aug"] if control else []) + ["fsa"]
+    methods = (["no-aug"] if control else []) + ["fsa"] + (check_methods(list(extra_methods)) if extra_methods else [])
     members = [_member(config, f"{note}-s{s}" if s is not None else note, s, overrides, methods, p3_seeds)
                for s in (seeds or [None])]
     command = f"fsa-lt run --config {config} --note {note}"
@@ -201,45 +214,71 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force:
 
 
 def compare(config: str, note: str, workdir=".", device=None, overrides=None, methods="fsa,no-aug", force: bool = False,
-            phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
-    """FSA beside the baselines over one finished Phase I: each method of `methods` as a Phase III
-    run (over `phase_iii_seeds`), Phase II made if missing; writes ``compare.md|json`` beside the
-    run's summary and a section of its report (a `finetune.variant` writes ``compare-<variant>.md|json``
-    and leaves the default table and the report as they are)."""
+            phase_iii_seeds=None, seeds=None, print_fn=print, report: bool = True) -> dict:
+    """FSA beside the baselines over finished Phase I models: each method of `methods` as a Phase III
+    run (over `phase_iii_seeds`), Phase II made if missing; over one model (`note`) or, with `seeds`,
+    over the models ``<note>-s<seed>`` (pooled: mean ± std over the Phase I seeds). Writes
+    ``compare.md|json`` beside the run's summary and a section of its report (a `finetune.variant`
+    writes ``compare-<variant>.md|json`` and leaves the default table and the report as they are).
+
+    Each row names its input (stored features or images), where its choices were made (default,
+    validation, not applicable) and its top-1 minus FSA's, paired run by run; with a validation split,
+    each trained method also gets a row with post-hoc logit adjustment on top (tau on validation)."""
     from .common import upstream_record
+    from .phase_iii import check_choices
 
     workdir = Path(workdir)
     overrides = list(overrides or [])
     methods = check_methods(methods)
     p3_seeds = check_seeds(phase_iii_seeds, "--phase-iii-seeds")
-    m = _member(config, note, None, overrides, methods, p3_seeds)
-    upstream_record(workdir, "phase_i", m.cfgs["phase_i"], note)  # compare needs a finished Phase I; it trains none
-    replace = preflight(workdir, [m], force, f"fsa-lt compare --config {config} --note {note}")
-    times = _execute(workdir, m, device, replace, print_fn)
-    per = member_rows(workdir, config, m)
-    c = m.cfgs["phase_iii"]
+    seeds = check_seeds(seeds, "--seeds")
+    members = [_member(config, f"{note}-s{s}" if s is not None else note, s, overrides, methods, p3_seeds)
+               for s in (seeds or [None])]
+    for m in members:
+        for c in m.phase_iii:
+            check_choices(c)
+    for m in members:
+        upstream_record(workdir, "phase_i", m.cfgs["phase_i"], m.note)  # compare needs a finished Phase I; it trains none
+    replace = preflight(workdir, members, force, f"fsa-lt compare --config {config} --note {note}")
+    times = {}
+    for m in members:
+        t = _execute(workdir, m, device, replace, print_fn)
+        times.update({f"{m.note}/{k}": v for k, v in t.items()} if seeds else t)
+    per = [compare_rows(workdir, config, m) for m in members]
+    if len(per) == 1:
+        rows, diffs = per[0]["rows"], per[0]["diffs"]
+    else:
+        rows = [summary.pool(r["model"], [p["rows"][i] for p in per], **{k: r[k] for k in summary.ROW_INFO if k in r})
+                for i, r in enumerate(per[0]["rows"])]
+        diffs = {k: summary.pool(d["model"], [p["diffs"][k] for p in per], key=k) for k, d in per[0]["diffs"].items()}
+    c = members[0].cfgs["phase_iii"]
+    p1 = members[0].cfgs["phase_i"]
     n = len(p3_seeds or [None])
+    spread = []
+    if len(members) > 1:
+        spread.append(f"{len(members)} Phase I models (seeds {', '.join(str(m.seed) for m in members)}; ± over them, of "
+                      f"each model's mean)")
+    if n > 1:
+        spread.append(f"{n} Phase III seeds ({', '.join(map(str, p3_seeds))}) per model")
+    val = (f"validation split: {validation_source(c)}" if c.dataset.validation
+           else "no validation split (dataset.validation=false): nothing is chosen, every method runs its fixed default")
     title = (f"# {config} / {note}{' (Phase III variant ' + c.finetune.variant + ')' if c.finetune.variant else ''}: "
-             f"FSA and the baselines on one Phase I model\n\n"
-             f"{c.model.name} ({c.model.classifier} classifier, Phase I loss {m.cfgs['phase_i'].train.loss}"
-             f"{', DRW from epoch ' + str(m.cfgs['phase_i'].train.drw_epoch) if m.cfgs['phase_i'].train.drw_epoch is not None else ''}, "
-             f"{m.cfgs['phase_i'].train.epochs} epochs); Phase III methods on the frozen backbone with "
-             f"{c.finetune.iterations} iterations where they train; final models; accuracy in %; head/tail on the store's "
-             f"split; " + (f"mean ± sample std over {n} Phase III seeds ({', '.join(map(str, p3_seeds))})" if n > 1
-                          else "one Phase III seed") + "; time: seconds per run as recorded.\n")
-    taus = []
-    for key, _, cfgs in m.arms:
-        for cf in cfgs:
-            met = records.read_json_file(records.log_dir(workdir, "phase_iii", config, output_note(cf, note)) / "metrics.json") or {}
-            if met.get("tau"):
-                taus.append(f"{output_note(cf, note)}: tau {met['tau']['tau']:g} ({met['tau']['chosen_on']})")
-    ev = _evidence(workdir, config, [m])
-    text = (title + "\n" + summary.table(per["rows"], seconds=True) + "\n"
-            + ("\ntau choices: " + "; ".join(taus) + ".\n" if taus else "")
+             f"FSA and the baselines on the frozen Phase I backbone\n\n"
+             f"{c.model.name} ({c.model.classifier} classifier, Phase I loss {p1.train.loss}"
+             f"{', DRW from epoch ' + str(p1.train.drw_epoch) if p1.train.drw_epoch is not None else ''}, "
+             f"{p1.train.epochs} epochs); final models; accuracy in %; head/tail on the store's split; "
+             + ("mean ± sample std over " + " and ".join(spread) if spread else "one run per row")
+             + f"; {val}; the last columns: top-1 minus FSA's (for a '+ post-hoc LA' row, minus FSA + post-hoc LA's), "
+               "paired run by run (same Phase I model, same Phase III seed), and seconds per run as recorded.\n")
+    recipes = _unique_recipes(workdir, config, members)
+    ev = _evidence(workdir, config, members)
+    text = (title + "\n" + summary.compare_table(rows, diffs) + "\n\nHow each row trains:\n"
+            + "".join(f"- {k}: {v}\n" for k, v in recipes.items())
             + "\n" + "\n\n".join(ev["machine_text"]) + "\n")
-    payload = {"config": config, "note": note, "methods": methods, "phase_iii_seeds": p3_seeds, "overrides": overrides,
-               "rows": per["rows"], "taus": taus, "times_s": times, "evidence": ev,
-               "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    payload = {"config": config, "note": note, "methods": methods, "phase_iii_seeds": p3_seeds,
+               "seeds": seeds, "overrides": overrides, "rows": rows, "diffs": diffs, "recipes": recipes,
+               "validation": validation_source(c) if c.dataset.validation else None,
+               "members": per, "times_s": times, "evidence": ev, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     from ..engine import distributed as dist
 
     out = workdir / "log" / "run" / config / note
@@ -258,6 +297,74 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
         except Exception as exc:  # a report problem must not fail a finished comparison
             print_fn(f"[compare] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return payload
+
+
+def _metrics(workdir: Path, config: str, note: str) -> dict:
+    summary.final_metrics(workdir, "phase_iii", config, note)  # a finished run, or a one-line error
+    return records.read_json_file(records.log_dir(workdir, "phase_iii", config, note) / "metrics.json") or {}
+
+
+def _choice(met: dict) -> str:
+    t = met.get("tau")
+    if not t:
+        return "none (fixed recipe)"
+    if t.get("tau") is None:
+        return t.get("chosen_on", "not applicable")
+    where = t.get("chosen_on", "")
+    return f"tau {t['tau']:g}: " + ("validation" if where == "validation" else where)
+
+
+def compare_rows(workdir: Path, config: str, m: Member) -> dict:
+    """One Phase I model's comparison: Phase I, each arm over its Phase III seeds (with where its choices
+    were made), each trained arm + post-hoc LA (tau on validation) when the runs hold it, and each row's
+    top-1 minus FSA's paired run by run (``diffs``, by row key)."""
+    ldir = records.log_dir(workdir, "phase_ii", config, m.note)
+    index = (records.read_json_file(ldir / "metrics.json") or {}).get("index")
+    split = {"head": index["head"], "tail": index["tail"]} if index else None
+
+    def seconds(phase, n):
+        rec = records.read_record(records.log_dir(workdir, phase, config, n))
+        return rec.get("train_seconds", rec.get("seconds")) if rec else None
+
+    p1 = [(m.note, summary.final_metrics(workdir, "phase_i", config, m.note, split))]
+    rows = [summary.row("Phase I (plain training)", p1, key="phase_i", input="-", choice="-",
+                        seconds=seconds("phase_i", m.note))]
+    runs, la_runs = {}, {}
+    arm_input = {v[0]: v[3] for v in ARMS.values()}
+    for key, label, cfgs in m.arms:
+        notes = [output_note(c, m.note) for c in cfgs]
+        mets = [_metrics(workdir, config, n) for n in notes]
+        runs[key] = [(n, summary.on_split(met["final"], split)) for n, met in zip(notes, mets)]
+        secs = [seconds("phase_iii", n) for n in notes]
+        choices = sorted(set(_choice(met) for met in mets))
+        rows.append(summary.row(label, runs[key], key=key, input=arm_input.get(key, "-"), choice="; ".join(choices),
+                                seconds=sum(secs) / len(secs) if all(x is not None for x in secs) else None))
+        if all(met.get("posthoc_la") for met in mets):
+            la_runs[key] = [(n, summary.on_split(met["posthoc_la"]["final"], split)) for n, met in zip(notes, mets)]
+            taus = ", ".join(f"{met['posthoc_la']['tau']:g}" for met in mets)
+            rows.append(summary.row(f"{label} + post-hoc LA", la_runs[key], key=f"{key}+la",
+                                    input=arm_input.get(key, "-"), choice=f"tau {taus}: validation", seconds=None))
+    diffs = {}
+    for r in rows[1:]:
+        k = r["key"]
+        base, ref = (k[:-3], "fsa") if k.endswith("+la") else (k, "fsa")
+        mine = la_runs.get(base) if k.endswith("+la") else runs.get(k)
+        theirs = la_runs.get(ref) if k.endswith("+la") else runs.get(ref)
+        if k in ("fsa", "fsa+la") or mine is None or theirs is None or len(mine) != len(theirs):
+            continue
+        diffs[k] = summary.paired_difference(f"{r['model']} minus FSA{' + LA' if k.endswith('+la') else ''}",
+                                             mine, theirs, key=k)
+    return {"seed": m.seed, "note": m.note, "rows": rows, "diffs": diffs, "split": split}
+
+
+def _unique_recipes(workdir: Path, config: str, members: list[Member]) -> dict:
+    out = {}
+    for m in members:
+        for key, label, cfgs in m.arms:
+            for c in cfgs:
+                met = _metrics(workdir, config, output_note(c, m.note))
+                out.setdefault(f"{label} [{key}]", met.get("recipe", "?"))
+    return out
 
 
 def write_summary(workdir: Path, config: str, note: str, members: list[Member], times: dict, overrides: list[str],

@@ -1,31 +1,40 @@
 """Phase III baselines beside FSA: the classifier re-balancing methods of `fsa_lt.baselines` on the
-frozen Phase I backbone, and how each one's classifier is saved.
+frozen Phase I backbone, where each makes its choices, and how each one's classifier is saved.
 
-* ``crt``: a freshly initialised classifier of the model's kind, trained on class-balanced batches
-  of the training set's pooled features (Kang et al., ICLR 2020);
-* ``lws``: the Phase I classifier frozen, one learnt scale per class, class-balanced batches;
-* ``tau_norm``: w_j / |w_j|^tau, the bias dropped;
+* ``crt``: a freshly initialised classifier of the model's kind (drawn with the Phase III seed);
+* ``lws``: the Phase I classifier frozen, one learnt scale per class;
+* ``tau_norm``: w_j / |w_j|^tau, the bias dropped; not applicable to a cosine head (no tau changes it);
 * ``la_posthoc``: logits - tau log(prior) (Menon et al., ICLR 2021).
 
-cRT and LWS train in Phase III's one loop with FSA's optimiser, lr, batch size and iteration
-count, so the comparison with FSA is like for like; their features are the un-augmented pooled
-features of the training images (the store's), as FSA's real samples are. tau (tau_norm,
-la_posthoc) is `finetune.tau` when set, else the tau of a grid with the best class-balanced
-accuracy on a held-out slice of the training set (`finetune.holdout_fraction` of every class,
-drawn with the Phase III seed); the choice, the slice's size per class and the whole curve go into
-the run's metrics. The slice was seen by the Phase I backbone (it is part of the training set),
-never the test set.
+cRT and LWS train on (``baseline.input``):
+* ``images`` (the default, Kang et al.'s published recipe, as their code runs it): the training images
+  under the training augmentation through the frozen backbone, class-aware batches of
+  ``baseline.batch_size`` (``samples_per_class`` images of a class in a row), SGD ``baseline.lr`` with
+  momentum and weight decay, cosine to 0 stepped per epoch (`recipe_lr`), ``crt_epochs`` /
+  ``lws_epochs`` epochs of ``int(N / batch)`` steps; the backbone's BatchNorm in train mode while
+  they train (``baseline.bn``, what their code does), so the model is evaluated with the updated
+  running statistics;
+* ``store``: the stored un-augmented pooled features with FSA's optimiser, batch and iterations, like
+  for like with FSA's real samples (class-balanced independent draws).
+
+Every tau is a fixed value (``finetune.tau``), the method's default (1 for post-hoc LA) or chosen on the
+validation split (`choose_on_validation`): never on the test set, never on images Phase I trained on.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..baselines import (ClassBalancedSampler, LearnableWeightScaling, choose_tau, crt_classifier, holdout_split,
-                         tau_normalized_classifier)
+from ..baselines import (ClassAwareSampler, ClassBalancedSampler, LearnableWeightScaling, choose_tau, crt_classifier,
+                         recipe_lr, recipe_steps_per_epoch, tau_normalized_classifier)
+from ..models.heads import CosineClassifier
 
 TAU_GRIDS = {"tau_norm": [i / 20 for i in range(21)],      # [0, 1] in steps of 0.05
-             "la_posthoc": [i / 10 for i in range(21)]}    # [0, 2] in steps of 0.1 (the paper's default 1 inside)
+             "la_posthoc": [i / 10 for i in range(21)]}    # [0, 2] in steps of 0.1 (0 and the paper's 1 inside)
+LA_DEFAULT_TAU = 1.0  # Menon et al.: the Bayes rule for the balanced error when softmax estimates p(y | x)
 
 
 class AffineLogits(nn.Module):
@@ -50,29 +59,33 @@ def log_prior(counts, device) -> torch.Tensor:
     return torch.log(n / n.sum()).float().to(device)
 
 
-def prepare(f, fc: nn.Module, backbone: nn.Module, pooled_train: torch.Tensor, labels: torch.Tensor, counts,
-            batch: int, generator: torch.Generator, seed: int, log=print):
-    """The head a baseline evaluates (and, for cRT / LWS, trains), its batch source (None when
-    nothing is trained), and what goes into the run's metrics (the tau choice)."""
-    dev = pooled_train.device
-    labels = labels.to(dev)
-    if f.method in ("crt", "lws"):
-        sampler = ClassBalancedSampler(labels, generator=generator)
+def posthoc(head: nn.Module, counts, tau: float, device) -> AffineLogits:
+    """`head` with post-hoc logit adjustment: z - tau log(prior)."""
+    return AffineLogits(head, offset=-float(tau) * log_prior(counts, device))
 
-        def next_batch():
-            idx = sampler.sample(batch)
-            return pooled_train[idx].float(), labels[idx]
 
-        if f.method == "crt":
-            head = crt_classifier(backbone).float()
-            for p in head.parameters():
-                p.requires_grad_(True)
-        else:
-            head = LearnableWeightScaling(fc)
-        log(f"{f.method}: class-balanced batches of {batch} from {len(labels)} training images")
-        return head, next_batch, {}
+@torch.no_grad()
+def choose_on_validation(make: Callable[[float], nn.Module], grid, val_feats: torch.Tensor,
+                         val_labels: torch.Tensor, val_counts) -> dict:
+    """The tau of `grid` with the best class-balanced accuracy of ``make(tau)`` on the validation
+    features (ties to the smaller tau), as a record: the tau, its accuracy, the whole curve and the
+    validation split's size per class."""
+    choice = choose_tau(lambda t: make(t)(val_feats.float()), grid, val_labels)
+    return {"tau": choice.tau, "chosen_on": "validation", "validation_accuracy": choice.accuracy,
+            "validation_per_class": [int(c) for c in val_counts], "curve": [[t, a] for t, a in choice.curve]}
 
+
+def fixed_head(f, fc: nn.Module, counts, val, log=print) -> tuple[nn.Module, dict]:
+    """tau-norm's or post-hoc LA's classifier (nothing to train) and where its tau came from.
+
+    `val`: (features, labels, per-class counts) of the validation split, or None."""
+    dev = next(fc.parameters()).device
     if f.method == "tau_norm":
+        if isinstance(fc, CosineClassifier):
+            log("tau_norm: not applicable to a cosine classifier (w_j / |w_j|^tau changes none of its outputs); "
+                "the Phase I classifier is kept")
+            return tau_normalized_classifier(fc, 0.0), {"tau": None, "chosen_on": "not applicable (cosine head)"}
+
         def make(t):
             return tau_normalized_classifier(fc, t)
     else:
@@ -80,23 +93,146 @@ def prepare(f, fc: nn.Module, backbone: nn.Module, pooled_train: torch.Tensor, l
 
         def make(t):
             return AffineLogits(fc, offset=-t * prior)
-
     if f.tau is not None:
-        tau, info = float(f.tau), {"tau": float(f.tau), "chosen_on": "set by finetune.tau"}
-    else:
-        split = holdout_split(labels.cpu(), f.holdout_fraction, seed=seed, num_classes=len(counts))
-        idx = split.holdout_idx.to(dev)
-        hx, hy = pooled_train[idx].float(), labels[idx]
-        with torch.no_grad():
-            choice = choose_tau(lambda t: make(t)(hx), TAU_GRIDS[f.method], hy)
-        tau = choice.tau
-        info = {"tau": tau, "chosen_on": "held-out slice of the training set (class-balanced accuracy)",
-                "holdout_fraction": f.holdout_fraction, "holdout_seed": seed,
-                "holdout_per_class": split.holdout_counts.tolist(), "holdout_accuracy": choice.accuracy,
-                "curve": [[t, a] for t, a in choice.curve]}
-        log(f"{f.method}: tau {tau:g} chosen on a held-out slice of {int(idx.numel())} training images "
-            f"(per class {split.holdout_counts.tolist()}), class-balanced accuracy {choice.accuracy:.2f}")
-    return make(tau), None, {"tau": info}
+        return make(float(f.tau)), {"tau": float(f.tau), "chosen_on": "set (finetune.tau)"}
+    if f.method == "la_posthoc" and f.tau_from == "default":
+        return make(LA_DEFAULT_TAU), {"tau": LA_DEFAULT_TAU, "chosen_on": "default (Menon et al.: tau = 1)"}
+    if val is None:  # tau_norm without a tau and without a validation split (checked before any work)
+        raise RuntimeError("tau-normalisation needs a validation split or finetune.tau")
+    info = choose_on_validation(make, TAU_GRIDS[f.method], *val)
+    log(f"{f.method}: tau {info['tau']:g} chosen on the validation split ({len(val[1])} images, per class "
+        f"{info['validation_per_class']}), class-balanced accuracy {info['validation_accuracy']:.2f}")
+    return make(info["tau"]), info
+
+
+def baseline_head(method: str, fc: nn.Module, backbone: nn.Module, seed: int) -> nn.Module:
+    """cRT's fresh classifier (its initialisation drawn with the Phase III `seed`) or LWS's scales
+    over the frozen Phase I classifier."""
+    if method == "crt":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = crt_classifier(backbone).float()
+        for p in head.parameters():
+            p.requires_grad_(True)
+        return head
+    return LearnableWeightScaling(fc)
+
+
+@dataclass
+class Plan:
+    """How the one Phase III loop trains a head: SGD(lr, momentum, weight_decay) for `iterations`,
+    the learning rate of iteration it (1-based) ``lr_at(it)`` when given, the test evaluated every
+    `eval_every` iterations (None: only at the end, by the caller), the loss logged every `log_every`."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    iterations: int
+    eval_every: int | None
+    log_every: int
+    lr_at: Callable[[int], float] | None = None
+    what: str = ""
+    loss: Callable = nn.functional.cross_entropy
+
+
+def fsa_plan(f) -> Plan:
+    return Plan(f.lr, f.momentum, f.weight_decay, f.iterations, f.eval_every, f.eval_every,
+                what=f"SGD lr {f.lr:g} (constant), momentum {f.momentum:g}, weight decay {f.weight_decay:g}, "
+                     f"{f.iterations} iterations, loss {f.loss}")
+
+
+def fsa_loss(cfg, counts, head, tail, device) -> tuple[nn.Module, dict]:
+    """Phase III's loss on FSA's batches (`finetune.loss`) and what to record of it."""
+    from ..engine.losses import LDAMLoss, LogitAdjustedLoss
+    from ..method import batch_prior
+
+    f = cfg.finetune
+    if f.loss == "ce":
+        return nn.CrossEntropyLoss(), {"loss": "ce"}
+    if f.loss == "ldam":
+        return (LDAMLoss(counts, cfg.train.ldam_max_margin, cfg.model.cosine_scale).to(device),
+                {"loss": "ldam", "max_margin": cfg.train.ldam_max_margin, "scale": cfg.model.cosine_scale})
+    q = (batch_prior(counts, head, tail, f.tail_sampling) if f.loss_prior == "batch"
+         else torch.as_tensor(counts, dtype=torch.float64) / float(sum(counts)))
+    q = q.clamp_min(torch.finfo(torch.float64).tiny)  # a class the batches never draw: a huge offset, not -inf
+    return (LogitAdjustedLoss(q.numpy() / q.min().item(), f.loss_tau).to(device),
+            {"loss": "la", "tau": f.loss_tau, "prior": f.loss_prior, "q": [float(v) for v in q]})
+
+
+def recipe_plan(b, method: str, num_samples: int, world: int) -> Plan:
+    """Kang et al.'s recipe for cRT / LWS over `num_samples` training images."""
+    epochs = b.crt_epochs if method == "crt" else b.lws_epochs
+    steps = recipe_steps_per_epoch(num_samples, b.batch_size)
+    return Plan(b.lr, b.momentum, b.weight_decay, epochs * steps, None, steps,
+                lr_at=lambda it: recipe_lr(b.lr, (it - 1) // steps + 1, epochs),
+                what=f"their recipe: {epochs} epochs x {steps} steps of {b.batch_size} ({b.batch_size // world} per rank), "
+                     f"class-aware ({b.samples_per_class} a class in a row), SGD lr {b.lr:g} cosine to 0 per epoch, "
+                     f"momentum {b.momentum:g}, weight decay {b.weight_decay:g}, backbone BatchNorm {b.bn} mode")
+
+
+def store_batches(pooled_train: torch.Tensor, labels: torch.Tensor, batch: int, generator: torch.Generator):
+    """The like-for-like input: class-balanced draws of the stored pooled features."""
+    labels = labels.to(pooled_train.device)
+    sampler = ClassBalancedSampler(labels, generator=generator)
+
+    def next_batch():
+        idx = sampler.sample(batch)
+        return pooled_train[idx].float(), labels[idx]
+
+    return next_batch
+
+
+class RecipeBatches:
+    """The recipe's input: class-aware batches of training images under the training augmentation,
+    through the frozen backbone (BatchNorm in train mode when ``bn == 'train'``: batch statistics,
+    running statistics updated), pooled. In-memory sets are augmented on the device; image files go
+    through a DataLoader with the training transform, whose batches are the sampler's draws."""
+
+    def __init__(self, backbone: nn.Module, train_set, labels: torch.Tensor, batch: int, samples_per_class: int,
+                 bn: str, device, seed: int, rank: int, make_loader_set: Callable | None, num_workers: int):
+        self.backbone, self.bn, self.device, self.batch = backbone, bn, device, batch
+        cpu_gen = torch.Generator().manual_seed(seed * 7919 + 17 + rank)
+        self.sampler = ClassAwareSampler(labels.cpu(), samples_per_class, generator=cpu_gen)
+        self.labels = labels.to(device)
+        if hasattr(train_set, "data"):
+            from ..data.device_loader import DeviceLoader
+
+            self.images = DeviceLoader(train_set.data, train_set.targets, 1, device, train_set.mean, train_set.std,
+                                       train=True, seed=seed)
+            self.gen = torch.Generator(device=device).manual_seed(seed * 7919 + 29 + rank)
+            self._it = None
+        else:
+            self.images = None
+            pending = self._pending = []
+            sampler = self.sampler
+
+            class _Batches:
+                def __iter__(self_inner):
+                    while True:
+                        idx = sampler.sample(batch)
+                        pending.append(idx)
+                        yield idx.tolist()
+
+                def __len__(self_inner):
+                    return 2**62
+
+            loader = torch.utils.data.DataLoader(make_loader_set(), batch_sampler=_Batches(), num_workers=num_workers,
+                                                 pin_memory=torch.device(device).type == "cuda")
+            self._it = iter(loader)
+
+    @torch.no_grad()
+    def __call__(self):
+        if self.images is not None:
+            idx = self.sampler.sample(self.batch)
+            x = self.images.augment_indices(idx, self.gen)
+        else:
+            x = next(self._it)[0].to(self.device, non_blocking=True)
+            idx = self._pending.pop(0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        self.backbone.train(self.bn == "train")
+        feats = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True).float()
+        self.backbone.eval()
+        return feats, self.labels[idx.to(self.labels.device)]
 
 
 @torch.no_grad()
@@ -146,4 +282,6 @@ class AdjustedModel(nn.Module):
         return self.affine(self.model(x))
 
 
-__all__ = ["prepare", "head_state", "AffineLogits", "AdjustedModel", "TAU_GRIDS", "log_prior"]
+__all__ = ["fixed_head", "baseline_head", "choose_on_validation", "posthoc", "store_batches", "RecipeBatches", "Plan",
+           "fsa_plan", "recipe_plan", "head_state", "AffineLogits", "AdjustedModel", "TAU_GRIDS", "LA_DEFAULT_TAU",
+           "log_prior"]

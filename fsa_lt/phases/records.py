@@ -67,10 +67,14 @@ OPERATIONAL = frozenset({
 # Phase I's head/tail columns are recomputed on the store's split wherever they are compared,
 # so the extract section does not bind it; Phase II uses neither the seed nor the thresholds
 # (tau_s / tau_g apply in Phase III, which is why they can be swept without a new store).
+# The validation split is read by Phase III alone (it makes its choices there), so Phases I and II
+# ignore its keys: turning it on later keeps their outputs.
+VALIDATION_KEYS = ("dataset.validation", "dataset.val_per_class", "dataset.val_seed", "dataset.val_list",
+                   "dataset.val_dir")
 _PHASE_KEYS = {
-    "phase_i": (("seed", "dataset", "model", "train"), ()),
-    "phase_ii": (("dataset", "model", "train", "extract"), ("extract.tau_s", "extract.tau_g")),
-    "phase_iii": (("seed", "dataset", "model", "train", "extract", "finetune"), ()),
+    "phase_i": (("seed", "dataset", "model", "train"), VALIDATION_KEYS),
+    "phase_ii": (("dataset", "model", "train", "extract"), ("extract.tau_s", "extract.tau_g", *VALIDATION_KEYS)),
+    "phase_iii": (("seed", "dataset", "model", "train", "extract", "finetune", "baseline"), ()),
 }
 
 

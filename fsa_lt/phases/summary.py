@@ -87,6 +87,9 @@ def pool(model: str, rows: list[dict], **extra) -> dict:
         out[f"{c}_within_std"] = (sum(within) / len(within)) if within and all(w is not None for w in within) else None
     if any(x.get("difference") for x in rows):
         out["difference"] = True
+    secs = [x.get("seconds") for x in rows]
+    if secs and all(v is not None for v in secs):
+        out["seconds"] = sum(secs) / len(secs)
     out.update(extra)
     return out
 
@@ -109,6 +112,26 @@ def table(rows: list[dict], label: str = "model", seconds: bool = False) -> str:
         if seconds:
             cells.append("-" if r.get("seconds") is None else f"{r['seconds']:.0f}")
         lines.append(f"| {r['model']} | {r.get('n', 1)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# What a compare row says besides its numbers (kept when rows are pooled over Phase I models).
+ROW_INFO = ("key", "input", "choice")
+
+
+def compare_table(rows: list[dict], diffs: dict) -> str:
+    """`fsa-lt compare`'s table: a row per method with its input (stored features / images), where its
+    choices were made, the columns, its top-1 minus FSA's paired run by run (`diffs` by row key) and
+    the seconds per run."""
+    lines = ["| method | input | choice | n | " + " | ".join(COLUMNS) + " | top1 minus FSA (paired) | s/run |",
+             "|---|---|---|---|" + "---|" * (len(COLUMNS) + 2)]
+    for r in rows:
+        d = diffs.get(r.get("key"))
+        cells = [cell(r.get(c), r.get(f"{c}_std")) for c in COLUMNS]
+        diff = "-" if d is None else cell(d.get("top1"), d.get("top1_std"), signed=True)
+        secs = "-" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+        lines.append(f"| {r['model']} | {r.get('input', '-')} | {r.get('choice', '-')} | {r.get('n', 1)} | "
+                     + " | ".join(cells) + f" | {diff} | {secs} |")
     return "\n".join(lines)
 
 
@@ -198,4 +221,5 @@ def summary_table(pairs: list[tuple[str, dict]]) -> str:
     return table([row(name, [(name, m)]) for name, m in pairs])
 
 
-__all__ = ["COLUMNS", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "summary_table", "cell", "evidence", "duration"]
+__all__ = ["COLUMNS", "ROW_INFO", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "compare_table",
+           "summary_table", "cell", "evidence", "duration"]
