@@ -7,7 +7,7 @@
     fsa-lt run       --config NAME --note NOTE [--force] [--control] [--resume]
                      [--seeds S ...] [--phase-iii-seeds K ...]                I, II, III
     fsa-lt compare   --config NAME --note NOTE [--methods fsa,no-aug,crt,...] FSA beside the baselines
-    fsa-lt demo                                                               offline demo
+    fsa-lt demo                                                               FSA on real CIFAR-10-LT in minutes (digits offline)
     fsa-lt visualize --config NAME --note NOTE                                figures
     fsa-lt data      --config NAME [--verify] [--out DIR]                     data set profile
     fsa-lt status    [--config NAME] [--note NOTE] [--json]                   running / interrupted / finished
@@ -98,11 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "them), pooled: mean ± std over the Phase I seeds")
     p.add_argument("--force", action="store_true", help=_FORCE)
 
-    p = sub.add_parser("demo", help="the whole pipeline on scikit-learn's digits, offline, in minutes on a CPU")
+    p = sub.add_parser("demo", help="FSA against its No-Aug control on real CIFAR-10-LT from the shipped Phase I model, "
+                                    "minutes on a CPU (the offline digits demo without CIFAR-10)")
     _common(p, config_required=False, note_default="demo")
     p.add_argument("--force", action="store_true")
     p.add_argument("--seeds", nargs="*", default=None, metavar="S",
-                   help="Phase I seeds, each end to end (default: 0 1 2)")
+                   help="Phase III seeds over the shipped model (digits: Phase I seeds, each end to end); default 0 1 2")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where CIFAR-10 is (cifar-10-batches-py/) or is downloaded to; default $FSA_DATA_ROOT, else ./data")
+    p.add_argument("--train", action="store_true",
+                   help="train Phase I here instead of starting from the shipped model (hours on a CPU)")
 
     p = sub.add_parser("data", help="long-tail profile of the configured data set (no training)")
     p.add_argument("--config", required=True,

@@ -1,0 +1,110 @@
+"""The Phase I model shipped in the package and the demo that starts from it: the file against its
+recorded hash, its recorded accuracy on real CIFAR-10 (when present), a work folder taking a shipped
+model in as its Phase I (refusing a changed file or other settings), and the real-data demo end to
+end on generated CIFAR files."""
+import json
+import os
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from fsa_lt import cli
+from fsa_lt.config import load_config
+from fsa_lt.phases import pipeline, records, shipped
+
+NAME = "cifar10-LT_resnet32"
+DEMO = shipped.DEMO_MODELS[NAME]
+
+
+@pytest.fixture(scope="module")
+def tiny_shipped(fake_cifar10, tmp_path_factory):
+    """A shipped model made the way the real one was: a finished Phase I, exported."""
+    wd = tmp_path_factory.mktemp("train")
+    ov = tiny_overrides(fake_cifar10) + ["train.epochs=2"]
+    from fsa_lt.phases import phase_i
+
+    phase_i.train(load_config(NAME, "phase_i", ov), "t", wd, "cpu", say=lambda *a: None)
+    out = tmp_path_factory.mktemp("pretrained")
+    rec = shipped.export(wd, NAME, "t", out, name="tiny", command="fsa-lt train --config cifar10-LT_resnet32 --note t")
+    return out, rec, ov
+
+
+def test_adopted_phase_i_is_an_input_like_any_other(tiny_shipped, tmp_path):
+    out, rec, ov = tiny_shipped
+    cfg = load_config(NAME, "phase_i", ov)
+    got = shipped.adopt(cfg, "a", tmp_path, "tiny", folder=out, say=lambda *a: None)
+    assert got["run_id"] == rec["run_id"] and got["adopted"]["sha256"] == rec["sha256"]
+    # taking it in again reuses it; Phase II's record names its run id and its checkpoint's hash
+    assert shipped.adopt(cfg, "a", tmp_path, "tiny", folder=out, say=lambda *a: None)["run_id"] == rec["run_id"]
+    pipeline.run(NAME, "a", tmp_path, "cpu", ov + ["finetune.iterations=20", "finetune.eval_every=10",
+                                                  "finetune.save_every=20"], print_fn=lambda *a: None)
+    ii = records.read_record(records.log_dir(tmp_path, "phase_ii", NAME, "a"))
+    assert ii["inputs"]["phase_i"]["run_id"] == rec["run_id"]
+    assert ii["inputs"]["phase_i"]["sha256"] == records.sha256_file(tmp_path / "checkpoints/phase_i" / NAME / "a/last.pt")
+    assert records.sha256_file(tmp_path / "checkpoints/phase_i" / NAME / "a/last.pt") == rec["sha256"]
+
+
+def test_a_replaced_shipped_file_is_refused_with_exit_4(tiny_shipped, tmp_path, capsys, monkeypatch):
+    out, rec, ov = tiny_shipped
+    bad = tmp_path / "pretrained"
+    shutil.copytree(out, bad)
+    with open(bad / "tiny.pt", "r+b") as f:  # one byte changed in place
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 0xFF]))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", bad)
+    monkeypatch.setitem(shipped.DEMO_MODELS, NAME, "tiny")
+    rc = cli.main(["demo", "--note", "d", "--workdir", str(tmp_path / "wd"), "--data-root", ov[0].split("=", 1)[1], *ov])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 4 and len(err) == 1 and "the file was replaced or corrupted" in err[0], err
+    assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_a_model_trained_on_other_settings_is_refused_naming_the_keys(tiny_shipped, tmp_path):
+    out, rec, ov = tiny_shipped
+    from fsa_lt.errors import ConfigError
+
+    cfg = load_config(NAME, "phase_i", ov + ["train.epochs=3", "train.lr=0.01"])
+    with pytest.raises(ConfigError, match=r"train.epochs: 2 -> 3; train.lr: 0.05 -> 0.01"):
+        shipped.adopt(cfg, "a", tmp_path, "tiny", folder=out)
+    assert not any(tmp_path.iterdir())
+
+
+def test_real_data_demo_end_to_end_on_generated_files(tiny_shipped, tmp_path, monkeypatch):
+    out, rec, ov = tiny_shipped
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", out)
+    monkeypatch.setitem(shipped.DEMO_MODELS, NAME, "tiny")
+    root = ov[0].split("=", 1)[1]
+    lines = []
+    args = SimpleNamespace(config=None, note="demo", workdir=str(tmp_path), device="cpu", force=False, seeds=[0, 1],
+                           data_root=root, train=False,
+                           overrides=ov + ["finetune.iterations=20", "finetune.eval_every=10", "finetune.save_every=20"])
+    assert pipeline.demo(args, print_fn=lines.append) == 0
+    s = json.loads((tmp_path / "log/run" / NAME / "demo/summary.json").read_text())
+    keys = [r.get("key") for r in s["rows"]]
+    assert keys == ["phase_i", "control", "fsa", "la_posthoc", "fsa_minus_control"]
+    assert s["rows"][0]["top1"] == pytest.approx(rec["metrics"]["final"]["top1"])  # the shipped model's own figure
+    assert any(line.startswith("[demo] FSA minus control, top-1, paired:") for line in lines)
+    assert (tmp_path / "log/run" / NAME / "demo/report.html").is_file()
+
+
+def test_without_cifar10_the_demo_says_why_and_runs_digits(tmp_path, monkeypatch):
+    from fsa_lt.data import cifar
+
+    def offline(name, root, timeout=30.0):
+        raise cifar.DataError("CIFAR-10 not found (download from https://x failed: URLError: no network)")
+
+    monkeypatch.setattr(cifar, "download_cifar", offline)
+    ran = {}
+    monkeypatch.setattr(pipeline, "_digits_demo", lambda args, print_fn=print: ran.setdefault("digits", True) and 0)
+    lines = []
+    args = SimpleNamespace(config=None, note="demo", workdir=str(tmp_path), device="cpu", force=False, seeds=None,
+                           data_root=str(tmp_path / "nothing"), train=False, overrides=[])
+    assert pipeline.demo(args, print_fn=lines.append) == 0 and ran == {"digits": True}
+    why = [ln for ln in lines if "offline digits demo" in ln]
+    assert len(why) == 1 and "no network" in why[0]
