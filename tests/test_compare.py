@@ -80,6 +80,7 @@ def test_one_row_per_method_from_the_runs_it_names(compared):
     assert f"processor {env['processor']};" in md and f"Phase I precision: {env['precision']}." in md
     html = (wd / "log/run" / NAME / "c/report.html").read_text()
     assert "FSA and the baselines" in html and "post-hoc logit adjustment" in html
+    assert "<th>top1 minus FSA</th>" in html and "Choices made on the validation split" in html
     assert "Time per phase (from the runs&#x27; records): Phase I, training epochs:" in html
 
 

@@ -130,17 +130,25 @@ pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def _rows_html(rows: list[dict]) -> str:
+def _rows_html(rows: list[dict], diffs: dict | None = None) -> str:
+    """A table of summary rows; with `diffs` (a comparison), the input, the choice and the paired
+    top-1 difference to FSA as well."""
     from ..phases.summary import cell
 
     e = html.escape
-    out = ["<table><thead><tr><th>model</th><th>n</th>" + "".join(f"<th>{c}</th>" for c in COLUMNS)
+    extra = diffs is not None
+    out = ["<table><thead><tr><th>model</th>" + ("<th>input</th><th>choice</th>" if extra else "") + "<th>n</th>"
+           + "".join(f"<th>{c}</th>" for c in COLUMNS) + ("<th>top1 minus FSA</th>" if extra else "")
            + "</tr></thead><tbody>"]
     for r in rows:
         signed = bool(r.get("difference"))
-        out.append(f"<tr><td>{e(str(r.get('model', '')))}</td><td>{r.get('n', 1)}</td>"
+        info = f"<td>{e(str(r.get('input', '-')))}</td><td>{e(str(r.get('choice', '-')))}</td>" if extra else ""
+        d = (diffs or {}).get(r.get("key"))
+        tail = (f"<td>{'–' if d is None or d.get('top1') is None else e(cell(d['top1'], d.get('top1_std'), signed=True))}"
+                "</td>") if extra else ""
+        out.append(f"<tr><td>{e(str(r.get('model', '')))}</td>{info}<td>{r.get('n', 1)}</td>"
                    + "".join(f"<td>{'–' if r.get(c) is None else e(cell(r[c], r.get(f'{c}_std'), signed=signed))}</td>"
-                             for c in COLUMNS) + "</tr>")
+                             for c in COLUMNS) + tail + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -186,11 +194,17 @@ def build_html(title: str, intro: str, summary: dict | None, run_figs: list[dict
         parts.append("<p><b>Not shown:</b></p><ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul>")
     if compare and compare.get("rows"):
         parts.append("<h2>FSA and the baselines (fsa-lt compare)</h2>")
-        parts.append(_rows_html(compare["rows"]))
+        parts.append(_rows_html(compare["rows"], compare.get("diffs") or {}))
         seeds = compare.get("phase_iii_seeds")
+        val = compare.get("validation")
         parts.append('<p class="note">Every method on the same frozen Phase I backbone; '
                      + (f"mean ± sample std over Phase III seeds {e(', '.join(map(str, seeds)))}" if seeds else "one seed")
-                     + ". " + e("; ".join(compare.get("taus") or [])) + "</p>")
+                     + ". Choices made on " + (f"the validation split ({e(val)})" if val else
+                                               "nothing (no validation split: every method at its fixed default)")
+                     + "; never on the test set. Last column: top-1 minus FSA's, paired run by run.</p>")
+        recipes = compare.get("recipes") or {}
+        if recipes:
+            parts.append("<ul>" + "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in recipes.items()) + "</ul>")
     parts.append("<h2>Run figures</h2>")
     parts.extend(_figure_html(f) for f in run_figs)
     if phase_ii_figs:
