@@ -514,6 +514,7 @@ def test_deferred_names_are_what_the_module_registers():
     assert models.ResNet is resnet.ResNet
     for name in models.TORCHVISION_MODELS:
         assert registry._MODELS[name].__module__ == "fsa_lt.models.resnet"
+    registry.register_deferred("fsa_lt.models.resnet", models.TORCHVISION_MODELS)  # again, same module: fine
     # a deferred name cannot be taken by another module, nor deferred to another module
     with pytest.raises(ValueError, match="registered twice"):
         register_model("resnet50")(lambda num_classes: nn.Linear(1, num_classes))

@@ -65,7 +65,7 @@ def register_deferred(module: str, names) -> None:
     """Register `names` as models that `module` registers with `register_model` when it is
     imported; `create_model` imports it the first time one of them is built."""
     for key in names:
-        if key in _MODELS or _DEFERRED.get(key, module) != module:
+        if (key in _MODELS and _MODELS[key].__module__ != module) or _DEFERRED.get(key, module) != module:
             raise ValueError(f"model name '{key}' registered twice")
         _DEFERRED[key] = module
 
