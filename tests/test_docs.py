@@ -106,3 +106,24 @@ def test_the_checker_finds_what_it_should(tmp_path):
         "README.md:5: a 'shared/' folder outside the project: shared/tools/x.py;",
         "docs/C.md:1: link leaves the project: ../../elsewhere.md",
     ]
+
+
+def test_install_line_is_what_ci_runs():
+    """README's CPU install line is the one .ci/run runs, it pairs torch with the torchvision
+    made for it, and pyproject names torchvision as a dependency."""
+    import shlex
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Install", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    (line,) = [ln for ln in block.splitlines() if ln.strip()]
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+          if ln.strip().startswith("python -m pip install")]
+    assert len(ci) == 1
+    readme_args = shlex.split(line)[2:]  # after "pip install"
+    ci_args = [a for a in shlex.split(ci[0])[4:] if a != "-q"]  # after "python -m pip install"
+    assert readme_args == ci_args
+    assert "torch==2.13.0" in readme_args and "torchvision==0.28.0" in readme_args
+    assert readme_args[readme_args.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("torchvision") for d in deps)

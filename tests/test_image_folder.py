@@ -431,3 +431,13 @@ def test_three_phases_on_an_image_folder(tree, tmp_path, capsys, fresh_warnings)
     assert index["class_counts"] == COUNTS and index["head"] == HEAD and index["tail"] == TAIL
     assert set(index["confusing"]) == {str(c) for c in TAIL}
     assert (work / "checkpoints" / "phase_iii" / CONFIG / "e2e" / "last.pt").is_file()
+
+
+def test_extensions_cover_torchvisions():
+    """Every extension torchvision's ImageFolder accepts is an image here too (plus .gif)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from fsa_lt.data.image_folder import IMAGE_EXTENSIONS
+
+    assert set(IMG_EXTENSIONS) <= set(IMAGE_EXTENSIONS)
+    assert set(IMAGE_EXTENSIONS) - set(IMG_EXTENSIONS) == {".gif"}

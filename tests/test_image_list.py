@@ -1,4 +1,4 @@
-"""Image-list data sets (OLTR lists, iNaturalist JSON) and the Pillow/torch transforms."""
+"""Image-list data sets (OLTR lists, iNaturalist JSON) and the ImageNet-style transforms (torchvision v2)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,11 @@ from fsa_lt.data.image_list import (
 from fsa_lt.data.image_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    CenterCrop,
-    ColorJitter,
-    Compose,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    Resize,
-    ToTensorNormalize,
+    imagenet_eval_geometry,
     imagenet_eval_transform,
     imagenet_train_transform,
+    to_tensor,
+    v2,
 )
 from fsa_lt.errors import DataError
 
@@ -352,92 +348,148 @@ def test_transform_output_shapes():
     for t in (imagenet_train_transform(), imagenet_eval_transform()):
         x = t(img)
         assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+        assert type(x) is torch.Tensor  # a plain tensor, not a torchvision tv_tensors.Image
     assert imagenet_train_transform(size=112, jitter=0)(img).shape == (3, 112, 112)
-    assert not any(isinstance(s, ColorJitter) for s in imagenet_train_transform(jitter=0).transforms)
+    assert not any(isinstance(s, v2.ColorJitter) for s in imagenet_train_transform(jitter=0).transforms)
     # small and grey images too
     grey = Image.new("L", (20, 30), 77)
-    assert imagenet_eval_transform()(grey).shape == (3, 224, 224)
+    x = imagenet_eval_transform()(grey)
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0], x[2] * IMAGENET_STD[2] + IMAGENET_MEAN[2])
+
+
+def _reference_crop_and_flip(width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """The random-resized-crop box (top, left, h, w) and the flip, drawn from torch's global RNG
+    in the order the project's own implementation drew them before torchvision's took over:
+    up to 10 tries of (area fraction, log aspect ratio), then top and left; else the
+    centred crop with the ratio clamped; then one draw for the flip."""
+    import math
+
+    area = width * height
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(*scale))
+        aspect = math.exp(float(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            break
+    else:
+        in_ratio = width / height
+        w, h = width, height
+        if in_ratio < ratio[0]:
+            h = int(round(w / ratio[0]))
+        elif in_ratio > ratio[1]:
+            w = int(round(h * ratio[1]))
+        top, left = (height - h) // 2, (width - w) // 2
+    flip = bool(torch.rand(1) < 0.5)
+    return (top, left, h, w), flip
+
+
+def test_seeded_crops_and_flips_are_those_of_before():
+    """Without colour jitter the training transform draws exactly what the earlier Pillow
+    implementation drew: for a seed, the same box and the same flip; the output is that box
+    cropped, resized bilinearly and mirrored, then normalised."""
+    img = _gradient_image(300, 200)
+    t = imagenet_train_transform(size=48, jitter=0)
+    for seed in range(60):
+        torch.manual_seed(seed)
+        (top, left, h, w), flip = _reference_crop_and_flip(300, 200)
+        expect = img.crop((left, top, left + w, top + h)).resize((48, 48), Image.BILINEAR)
+        if flip:
+            expect = expect.transpose(Image.FLIP_LEFT_RIGHT)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(t(img), to_tensor()(expect), rtol=0, atol=0)
 
 
 def test_random_resized_crop_box_within_bounds():
     img = _gradient_image(300, 200)
     area = 300 * 200
-    t = RandomResizedCrop(size=(64, 48), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    t = v2.RandomResizedCrop(size=(64, 48), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     torch.manual_seed(1)
     for _ in range(300):
-        out = t(img)
-        top, left, h, w = t.last_params
-        assert out.size == (48, 64)
+        p = t.make_params([img])
+        top, left, h, w = p["top"], p["left"], p["height"], p["width"]
         assert 0 <= top and top + h <= 200 and 0 <= left and left + w <= 300
         slack = (h + w + 1) / area  # rounding of w and h to whole pixels
         assert 0.08 - slack <= h * w / area <= 1.0 + 1e-9
         assert 3 / 4 - 1.0 / min(h, w) <= w / h <= 4 / 3 + 1.0 / min(h, w)
-    # the output is the recorded box resized
-    torch.manual_seed(2)
-    out = t(img)
-    top, left, h, w = t.last_params
-    expect = img.resize((48, 64), Image.BILINEAR, box=(left, top, left + w, top + h))
-    assert np.array_equal(np.asarray(out), np.asarray(expect))
+    assert t(img).size == (48, 64)  # PIL in, PIL out, (width, height)
 
 
 def test_random_resized_crop_fallback_and_seed():
     # a 1000 x 10 strip never fits a crop within the ratio bounds -> centred fallback
-    t = RandomResizedCrop(size=8, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3))
-    t(Image.new("RGB", (1000, 10)))
-    top, left, h, w = t.last_params
-    assert (h, w) == (10, 13) and top == 0 and left == (1000 - 13) // 2
-    # reproducible through torch's RNG
+    t = v2.RandomResizedCrop(size=8, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3))
+    p = t.make_params([Image.new("RGB", (1000, 10))])
+    assert (p["height"], p["width"]) == (10, 13) and p["top"] == 0 and p["left"] == (1000 - 13) // 2
+    # reproducible through torch's RNG, jitter included
     img = _gradient_image()
     tr = imagenet_train_transform()
     torch.manual_seed(123)
     a = tr(img)
     torch.manual_seed(123)
     b = tr(img)
-    assert torch.equal(a, b)
+    torch.manual_seed(124)
+    c = tr(img)
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_eval_transform_deterministic():
     img = _gradient_image(300, 400)
-    assert Resize(256)(img).size == (256, 341)
-    assert Resize(256)(_gradient_image(400, 300)).size == (341, 256)
+    resize = imagenet_eval_geometry(256, 224).transforms[0]
+    assert resize(img).size == (256, 341)  # shorter side to 256, the other truncated
+    assert resize(_gradient_image(400, 300)).size == (341, 256)
     t = imagenet_eval_transform()
     torch.manual_seed(0)
     a = t(img)
     torch.manual_seed(99)
     b = t(img)
     assert torch.equal(a, b)
-    c = CenterCrop(4)(Image.fromarray(np.arange(10 * 8 * 3, dtype=np.uint8).reshape(8, 10, 3)))
+    # the geometry is Pillow's bilinear resize of the shorter side, then the centre crop
+    expect = img.resize((256, 341), Image.BILINEAR).crop((16, 58, 240, 282))
+    assert np.array_equal(np.asarray(imagenet_eval_geometry()(img)), np.asarray(expect))
+    torch.testing.assert_close(a, to_tensor()(expect), rtol=0, atol=0)
+    c = v2.CenterCrop(4)(Image.fromarray(np.arange(10 * 8 * 3, dtype=np.uint8).reshape(8, 10, 3)))
     np.testing.assert_array_equal(np.asarray(c), np.arange(240, dtype=np.uint8).reshape(8, 10, 3)[2:6, 3:7])
 
 
 def test_horizontal_flip():
     img = _gradient_image(30, 20)
     arr = np.asarray(img)
-    assert np.array_equal(np.asarray(RandomHorizontalFlip(p=1.0)(img)), arr[:, ::-1])
-    assert np.array_equal(np.asarray(RandomHorizontalFlip(p=0.0)(img)), arr)
+    assert np.array_equal(np.asarray(v2.RandomHorizontalFlip(p=1.0)(img)), arr[:, ::-1])
+    assert np.array_equal(np.asarray(v2.RandomHorizontalFlip(p=0.0)(img)), arr)
     torch.manual_seed(0)
-    flips = sum(np.array_equal(np.asarray(RandomHorizontalFlip()(img)), arr[:, ::-1]) for _ in range(400))
+    flips = sum(np.array_equal(np.asarray(v2.RandomHorizontalFlip()(img)), arr[:, ::-1]) for _ in range(400))
     assert 140 < flips < 260
 
 
 def test_normalisation():
     img = Image.new("RGB", (5, 4), (255, 0, 128))
-    x = ToTensorNormalize()(img)
-    assert x.shape == (3, 4, 5)
+    x = to_tensor()(img)
+    assert x.shape == (3, 4, 5) and type(x) is torch.Tensor and x.dtype == torch.float32
     expect = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), IMAGENET_MEAN, IMAGENET_STD)]
     for c in range(3):
         assert torch.allclose(x[c], torch.full((4, 5), expect[c]), atol=1e-6)
-    raw = ToTensorNormalize(mean=None, std=None)(img)
+    raw = to_tensor(mean=None, std=None)(img)
     assert raw.min() == 0.0 and raw.max() == 1.0
     assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+    with pytest.raises(ValueError, match="both mean and std"):
+        to_tensor(mean=IMAGENET_MEAN, std=None)
 
 
 def test_color_jitter():
+    """Brightness, contrast and saturation each by a factor in [1 - j, 1 + j], no hue change."""
     img = _gradient_image(40, 30)
-    assert np.array_equal(np.asarray(ColorJitter(0, 0, 0, 0)(img)), np.asarray(img))
+    jit = [s for s in imagenet_train_transform(jitter=0.4).transforms if isinstance(s, v2.ColorJitter)]
+    assert len(jit) == 1
+    j = jit[0]
+    assert j.brightness == j.contrast == j.saturation == pytest.approx((0.6, 1.4)) and j.hue is None
     torch.manual_seed(0)
-    out = ColorJitter(0.4, 0.4, 0.4)(img)
+    out = j(img)
     assert out.size == img.size and out.mode == "RGB"
     assert not np.array_equal(np.asarray(out), np.asarray(img))
-    assert ColorJitter(hue=0.1)(img).size == img.size
-    assert "ColorJitter" in repr(Compose([ColorJitter()]))
+    # a grey image has no saturation or hue to change: only brightness and contrast act on it
+    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    torch.manual_seed(1)
+    g = np.asarray(j(grey))
+    assert (g == g[0, 0, 0]).all()

@@ -176,6 +176,11 @@ def test_resnet10_parameter_count():
     assert n_params(meta_model("resnet10", 1000)) == 11_689_512 - blocks
 
 
+def test_cifar_stem_parameter_count():
+    # the widely used CIFAR ResNet-18 (3x3 stem, no max-pool, 10 classes) has 11,173,962
+    assert n_params(meta_model("resnet18_cifar", 10)) == 11_173_962
+
+
 def test_torchvision_key_layout():
     keys = set(meta_model("resnet50", 1000).state_dict())
     for k in [
@@ -429,3 +434,128 @@ def test_cams_ignore_the_class_vector_norms():
     with torch.no_grad():
         head.weight.copy_(w)
     torch.testing.assert_close(head.normalized_weight(), w / w.norm(dim=1, keepdim=True))
+
+
+# ---- torchvision: the ImageNet ResNets are its models, the CIFAR stem uses its blocks ---------
+
+
+def _tv_reference(name, num_classes):
+    from torchvision.models import resnet as tvr
+
+    if name == "resnet10":
+        return tvr.ResNet(tvr.BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    return getattr(tvr, name)(weights=None, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet50", "resnext50_32x4d"])
+def test_imagenet_resnets_are_torchvisions(name):
+    """A torchvision state dict loads strictly and gives torchvision's outputs; the map and
+    the pooled vector are torchvision's layer4 output and its avgpool."""
+    ref = _tv_reference(name, 10).eval()
+    with torch.no_grad():  # non-default BN statistics, so eval mode really uses them
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ours = create_model(name, 10).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())  # same names, same order
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = ours.forward_features(x)
+        r = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+        r = ref.layer4(ref.layer3(ref.layer2(ref.layer1(r))))
+        torch.testing.assert_close(fmap, r, rtol=0, atol=0)
+        torch.testing.assert_close(ours.forward_head(fmap, pre_logits=True), torch.flatten(ref.avgpool(r), 1))
+        torch.testing.assert_close(ours(x), ref(x))
+    assert n_params(ours) == n_params(ref)
+
+
+@pytest.mark.parametrize("name", ["resnet34", "resnet101", "resnet152"])
+def test_big_imagenet_resnets_have_torchvisions_parameters(name):
+    with torch.device("meta"):
+        ours, ref = create_model(name, 1000), _tv_reference(name, 1000)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_cifar_stem_is_torchvision_blocks_under_a_3x3_stem():
+    from torchvision.models import resnet as tvr
+
+    for name, ref_name in (("resnet18_cifar", "resnet18"), ("resnet34_cifar", "resnet34")):
+        with torch.device("meta"):
+            ours, ref = create_model(name, 10), _tv_reference(ref_name, 10)
+        shapes = {k: v.shape for k, v in ours.state_dict().items()}
+        ref_shapes = {k: v.shape for k, v in ref.state_dict().items()}
+        assert shapes.pop("conv1.weight") == (64, 3, 3, 3) and ref_shapes.pop("conv1.weight") == (64, 3, 7, 7)
+        assert shapes == ref_shapes
+        assert all(type(b) is tvr.BasicBlock for layer in (ours.layer1, ours.layer4) for b in layer)
+        assert isinstance(ours.maxpool, nn.Identity)
+
+
+def test_torchvision_is_imported_only_for_its_models():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, fsa_lt.models as m, fsa_lt.data; assert 'torchvision' not in sys.modules; "
+            "m.create_model('resnet20', 3); assert 'torchvision' not in sys.modules; "
+            "m.create_model('resnet10', 3); assert 'torchvision' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_deferred_names_are_what_the_module_registers():
+    from fsa_lt import models
+    from fsa_lt.models import registry, resnet
+
+    assert models.TORCHVISION_MODELS == resnet.IMAGENET_MODELS + resnet.CIFAR_STEM_MODELS
+    assert models.ResNet is resnet.ResNet
+    for name in models.TORCHVISION_MODELS:
+        assert registry._MODELS[name].__module__ == "fsa_lt.models.resnet"
+    registry.register_deferred("fsa_lt.models.resnet", models.TORCHVISION_MODELS)  # again, same module: fine
+    # a deferred name cannot be taken by another module, nor deferred to another module
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("resnet50")(lambda num_classes: nn.Linear(1, num_classes))
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_deferred("elsewhere", ["resnet50"])
+
+
+def test_deferred_model_is_imported_when_built(monkeypatch):
+    from fsa_lt.models import registry
+
+    monkeypatch.setitem(registry._DEFERRED, "_deferred_for_test", "fsa_lt.models.no_such_module")
+    assert "_deferred_for_test" in list_models() and registry.is_model("_deferred_for_test")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        create_model("_deferred_for_test", 3)
+
+
+def test_unloadable_torchvision_is_one_line(monkeypatch):
+    """A torchvision that cannot be imported (not installed, or built for another torch) is an
+    FsaError of one line naming the installed torch and the README's Install section."""
+    import importlib
+
+    from fsa_lt import _vision
+    from fsa_lt.errors import FsaError
+
+    def fail_with(exc):
+        def fake(name, *a, **k):
+            raise exc
+        monkeypatch.setattr(importlib, "import_module", fake)
+
+    fail_with(RuntimeError("operator torchvision::nms does not exist\n  deep traceback line"))
+    with pytest.raises(FsaError) as e:
+        _vision.load("torchvision.models.resnet")
+    msg = str(e.value)
+    assert "\n" not in msg and "operator torchvision::nms does not exist" in msg and "deep" not in msg
+    assert f"beside torch {torch.__version__}" in msg and msg.endswith("(README, Install)")
+
+    fail_with(ModuleNotFoundError("No module named 'torchvision'", name="torchvision"))
+    with pytest.raises(FsaError, match=r"^torchvision is not installed \(torch .*README, Install\)$"):
+        _vision.load("torchvision.transforms.v2")
+
+    # a missing module that is not torchvision is not disguised as one
+    fail_with(ModuleNotFoundError("No module named 'PIL'", name="PIL"))
+    with pytest.raises(ModuleNotFoundError, match="PIL"):
+        _vision.load("torchvision.transforms.v2")

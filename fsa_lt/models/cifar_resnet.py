@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .heads import FeatureHeadMixin
 from .registry import register_model
-from .resnet import FeatureHeadMixin
 
 __all__ = ["CifarResNet", "CifarBasicBlock", "ShortcutA"]
 

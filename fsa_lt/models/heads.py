@@ -1,4 +1,5 @@
-"""Classifier heads other than ``nn.Linear``: the cosine classifier LDAM is trained with.
+"""The classifier side of every model: `FeatureHeadMixin` (pooling, ``fc``, resetting it) and
+the cosine classifier LDAM is trained with.
 
 The cosine classifier is what Cao et al. (NeurIPS 2019, LDAM-DRW) call ``NormedLinear``:
 the logit of class j is the cosine between the pooled feature x and the class vector w_j,
@@ -27,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CosineClassifier"]
+__all__ = ["CosineClassifier", "FeatureHeadMixin"]
 
 
 class CosineClassifier(nn.Module):
@@ -70,3 +71,50 @@ class CosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale:g}"
+
+
+class FeatureHeadMixin:
+    """forward_head / classifier handling shared by all models (expects ``self.fc``).
+
+    The classifier is ``nn.Linear`` (the default) or a `CosineClassifier`
+    (``use_cosine_classifier``); `reset_classifier` rebuilds the kind in use.
+    """
+
+    num_features: int
+    fc: nn.Module
+    classifier_kind: str = "linear"  # class defaults; use_cosine_classifier sets them per model
+    cosine_scale: float = 30.0
+
+    def forward_head(self, fmap: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = fmap.mean(dim=(2, 3))  # global average pooling -> B x C
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        """A freshly initialised ``num_features -> num_classes`` head of the kind in use, beside ``fc``
+        (same device and dtype; the model's own initialisation); the model is not changed."""
+        where = dict(device=self.fc.weight.device, dtype=self.fc.weight.dtype)
+        if self.classifier_kind == "cosine":
+            return CosineClassifier(self.num_features, num_classes, self.cosine_scale).to(**where)
+        fc = nn.Linear(self.num_features, num_classes).to(**where)
+        self._init_classifier(fc)
+        return fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` head of the same kind."""
+        self.fc = self.new_classifier(num_classes)
+        self.num_classes = num_classes
+
+    def use_cosine_classifier(self, scale: float = 30.0) -> None:
+        """Switch to a freshly initialised cosine classifier (LDAM's ``NormedLinear``), ``scale * cos``."""
+        self.classifier_kind = "cosine"
+        self.cosine_scale = float(scale)
+        self.reset_classifier(self.fc.out_features)
+
+    def _init_classifier(self, fc: nn.Linear) -> None:  # default nn.Linear init
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -3,10 +3,13 @@
 A model factory is a function ``fn(num_classes, **kwargs) -> nn.Module`` registered
 under a name with `register_model`.  `create_model` looks the name up, builds the
 model and optionally loads a local state dict (nothing is ever downloaded).
+`register_deferred` names models whose module is imported only when one of them is
+built (the torchvision ResNets: CIFAR runs do not import torchvision).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import math
@@ -22,6 +25,7 @@ from fsa_lt.errors import CheckpointError, ConfigError
 __all__ = [
     "CLASSIFIERS",
     "register_model",
+    "register_deferred",
     "create_model",
     "list_models",
     "is_model",
@@ -32,6 +36,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DEFERRED: dict[str, str] = {}  # model name -> the module that registers it when imported
 
 # Prefixes added by DataParallel / DistributedDataParallel and torch.compile.
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -46,7 +51,7 @@ def register_model(name: str | Callable | None = None):
 
     def deco(fn: Callable[..., nn.Module], _name: str | None = None):
         key = _name or fn.__name__
-        if key in _MODELS and _MODELS[key] is not fn:
+        if (key in _MODELS and _MODELS[key] is not fn) or _DEFERRED.get(key, fn.__module__) != fn.__module__:
             raise ValueError(f"model name '{key}' registered twice")
         _MODELS[key] = fn
         return fn
@@ -56,13 +61,30 @@ def register_model(name: str | Callable | None = None):
     return lambda fn: deco(fn, name)
 
 
+def register_deferred(module: str, names) -> None:
+    """Register `names` as models that `module` registers with `register_model` when it is
+    imported; `create_model` imports it the first time one of them is built."""
+    for key in names:
+        if (key in _MODELS and _MODELS[key].__module__ != module) or _DEFERRED.get(key, module) != module:
+            raise ValueError(f"model name '{key}' registered twice")
+        _DEFERRED[key] = module
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    if name not in _MODELS and name in _DEFERRED:
+        importlib.import_module(_DEFERRED[name])
+        if name not in _MODELS:  # a programming error: the module does not register the name
+            raise ValueError(f"model '{name}': {_DEFERRED[name]} does not register it")
+    return _MODELS[name]
+
+
 def list_models() -> list[str]:
     """All registered model names, sorted."""
-    return sorted(_MODELS)
+    return sorted(set(_MODELS) | set(_DEFERRED))
 
 
 def is_model(name: str) -> bool:
-    return name in _MODELS
+    return name in _MODELS or name in _DEFERRED
 
 
 CLASSIFIERS = ("linear", "cosine")
@@ -86,7 +108,7 @@ def create_model(
     on the model as ``model.pretrained_report`` (None when nothing was loaded).
     Extra keyword arguments go to the factory (e.g. ``zero_init_residual=True``).
     """
-    if name not in _MODELS:
+    if not is_model(name):
         raise ConfigError(f"unknown model '{name}' (known: {', '.join(list_models())})")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"model '{name}': num_classes must be a positive integer, got {num_classes!r}")
@@ -95,7 +117,7 @@ def create_model(
     if (isinstance(cosine_scale, bool) or not isinstance(cosine_scale, (int, float))
             or not math.isfinite(cosine_scale) or cosine_scale <= 0):
         raise ConfigError(f"model.cosine_scale: must be a positive number, got {cosine_scale!r}")
-    fn = _MODELS[name]
+    fn = _factory(name)
     try:
         inspect.signature(fn).bind(num_classes, **kwargs)
     except TypeError as e:

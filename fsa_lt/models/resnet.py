@@ -1,17 +1,21 @@
-"""ResNets of He et al. (2016) in two flavours.
+"""ResNets of He et al. (2016) on torchvision's ``ResNet``, ``BasicBlock`` and ``Bottleneck``.
 
-* ImageNet style (7x7 stride-2 stem and 3x3 max-pool): ``resnet10/18/34/50/101/152``
-  and ``resnext50_32x4d``.  Module and parameter names follow the common torchvision
-  layout (conv1, bn1, layer1..layer4 with conv1/bn1/conv2/bn2[/conv3/bn3] and
-  downsample.0/downsample.1, fc), so an ImageNet state dict in that layout loads as is.
+* ImageNet stem (7x7 stride-2 conv, 3x3 max-pool): ``resnet10/18/34/50/101/152`` and
+  ``resnext50_32x4d`` are ``torchvision.models.ResNet`` itself (ResNet-10 is
+  ``ResNet(BasicBlock, [1, 1, 1, 1])``), so their modules, parameter names,
+  initialisation and outputs are torchvision's and a torchvision state dict loads as is.
   Bottleneck blocks put the stride on the 3x3 convolution ("ResNet v1.5").
 * CIFAR stem (3x3 stride-1 conv, BN, ReLU, no max-pool): ``resnet18_cifar`` and
-  ``resnet34_cifar``; the final map is 512 x 4 x 4 at 32 x 32 input.
+  ``resnet34_cifar``, torchvision's ``BasicBlock`` under our own stem (torchvision has
+  none for 32 x 32 images); the final map is 512 x 4 x 4 at 32 x 32 input.
 
-Every model exposes the split Feature Space Augmentation needs: ``num_features``,
-``forward_features`` (final map, no pooling), ``forward_head`` (global average
-pooling then ``fc``; ``pre_logits=True`` stops before ``fc``), ``get_classifier``
-and ``reset_classifier``.
+Both add the split Feature Space Augmentation needs (`fsa_lt.models.heads.FeatureHeadMixin`):
+``num_features``, ``forward_features`` (final map, no pooling), ``forward_head`` (global
+average pooling then ``fc``; ``pre_logits=True`` stops before ``fc``), ``get_classifier``,
+``reset_classifier``, ``new_classifier`` and the cosine classifier option.
+
+This module imports torchvision; `fsa_lt.models` imports it only when one of these models
+is built (`fsa_lt.models.registry.register_deferred`).
 """
 
 from __future__ import annotations
@@ -19,152 +23,60 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .heads import CosineClassifier
+from .._vision import load
+from .heads import FeatureHeadMixin
 from .registry import register_model
 
-__all__ = ["FeatureHeadMixin", "BasicBlock", "Bottleneck", "ResNet"]
+_tv = load("torchvision.models.resnet")
+BasicBlock = _tv.BasicBlock
+Bottleneck = _tv.Bottleneck
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "CifarStemResNet", "IMAGENET_MODELS", "CIFAR_STEM_MODELS"]
 
 
-class FeatureHeadMixin:
-    """forward_head / classifier handling shared by all models (expects ``self.fc``).
+class ResNet(FeatureHeadMixin, _tv.ResNet):
+    """``torchvision.models.ResNet`` with the model contract of `fsa_lt.models`.
 
-    The classifier is ``nn.Linear`` (the default) or a `CosineClassifier`
-    (``use_cosine_classifier``); `reset_classifier` rebuilds the kind in use.
+    Built by torchvision's constructor (same modules, same initialisation, same random
+    draws); ``forward`` is ``forward_head(forward_features(x))``, which pools with a mean
+    over the map where torchvision's ``avgpool`` (kept, unused) does the same.
     """
 
-    num_features: int
-    fc: nn.Module
-    classifier_kind: str = "linear"  # class defaults; use_cosine_classifier sets them per model
-    cosine_scale: float = 30.0
-
-    def forward_head(self, fmap: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = fmap.mean(dim=(2, 3))  # global average pooling -> B x C
-        return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def new_classifier(self, num_classes: int) -> nn.Module:
-        """A freshly initialised ``num_features -> num_classes`` head of the kind in use, beside ``fc``
-        (same device and dtype; the model's own initialisation); the model is not changed."""
-        where = dict(device=self.fc.weight.device, dtype=self.fc.weight.dtype)
-        if self.classifier_kind == "cosine":
-            return CosineClassifier(self.num_features, num_classes, self.cosine_scale).to(**where)
-        fc = nn.Linear(self.num_features, num_classes).to(**where)
-        self._init_classifier(fc)
-        return fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` head of the same kind."""
-        self.fc = self.new_classifier(num_classes)
+    def __init__(self, block, layers: list[int], num_classes: int = 1000, zero_init_residual: bool = False,
+                 groups: int = 1, width_per_group: int = 64):
+        super().__init__(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual,
+                         groups=groups, width_per_group=width_per_group)
+        self.num_features = 512 * block.expansion
         self.num_classes = num_classes
 
-    def use_cosine_classifier(self, scale: float = 30.0) -> None:
-        """Switch to a freshly initialised cosine classifier (LDAM's ``NormedLinear``), ``scale * cos``."""
-        self.classifier_kind = "cosine"
-        self.cosine_scale = float(scale)
-        self.reset_classifier(self.fc.out_features)
-
-    def _init_classifier(self, fc: nn.Linear) -> None:  # default nn.Linear init
-        pass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
 
 
-def _conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False)
+class CifarStemResNet(FeatureHeadMixin, nn.Module):
+    """ResNet-18/34 layout for 32 x 32 images: 3x3 stride-1 stem, no max-pool, torchvision's
+    ``BasicBlock`` in four stages of 64/128/256/512 channels, 1x1 projection shortcuts.
 
-
-def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-        super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
-        self.conv1 = _conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn2
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
-        super().__init__()
-        width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = _conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = _conv3x3(width, width, stride, groups)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = _conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-    def last_bn(self) -> nn.BatchNorm2d:
-        return self.bn3
-
-
-class ResNet(FeatureHeadMixin, nn.Module):
-    """ResNet with four stages of 64/128/256/512 x expansion channels.
-
-    stem="imagenet": 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool (224 -> 7x7 map).
-    stem="cifar": 3x3 stride-1 conv, BN, ReLU, no max-pool (32 -> 4x4 map).
+    Module names are torchvision's (conv1, bn1, layer1..layer4, downsample.0/1, fc); the
+    initialisation is torchvision's ResNet's (kaiming-normal fan-out convolutions, unit BN).
     """
 
-    def __init__(
-        self,
-        block: type[BasicBlock] | type[Bottleneck],
-        layers: list[int],
-        num_classes: int = 1000,
-        stem: str = "imagenet",
-        zero_init_residual: bool = False,
-        groups: int = 1,
-        width_per_group: int = 64,
-    ):
+    def __init__(self, layers: list[int], num_classes: int = 10, zero_init_residual: bool = False):
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-        self.groups = groups
-        self.base_width = width_per_group
         self.inplanes = 64
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.num_features = 512 * block.expansion
+        self.maxpool = nn.Identity()
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=2)
+        self.layer4 = self._make_layer(512, layers[3], stride=2)
+        self.num_features = 512
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes)
 
@@ -176,80 +88,68 @@ class ResNet(FeatureHeadMixin, nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    nn.init.zeros_(m.last_bn().weight)
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                _conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width))
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(_tv.conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)
 
 
-# ---- ImageNet-style ---------------------------------------------------------------
+# ---- ImageNet stem: torchvision's architectures -------------------------------------------
+
+# name -> (block, blocks per stage, groups, width per group), as torchvision builds them
+_IMAGENET = {
+    "resnet10": (BasicBlock, [1, 1, 1, 1], 1, 64),  # the OLTR backbone for ImageNet-LT
+    "resnet18": (BasicBlock, [2, 2, 2, 2], 1, 64),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], 1, 64),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], 1, 64),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], 1, 64),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], 1, 64),
+    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], 32, 4),
+}
+_CIFAR_STEM = {"resnet18_cifar": [2, 2, 2, 2], "resnet34_cifar": [3, 4, 6, 3]}
+IMAGENET_MODELS = tuple(_IMAGENET)
+CIFAR_STEM_MODELS = tuple(_CIFAR_STEM)
 
 
-@register_model
-def resnet10(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    """ResNet-10 (BasicBlock [1,1,1,1]), the OLTR backbone for ImageNet-LT."""
-    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes, zero_init_residual=zero_init_residual)
+def _imagenet_factory(name: str):
+    block, layers, groups, width = _IMAGENET[name]
+
+    def factory(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
+        return ResNet(block, layers, num_classes, zero_init_residual=zero_init_residual,
+                      groups=groups, width_per_group=width)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{name}: torchvision's ResNet({block.__name__}, {layers}, groups={groups}, width_per_group={width})."
+    return factory
 
 
-@register_model
-def resnet18(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual=zero_init_residual)
+def _cifar_stem_factory(name: str):
+    layers = _CIFAR_STEM[name]
+
+    def factory(num_classes: int = 10, zero_init_residual: bool = False) -> CifarStemResNet:
+        return CifarStemResNet(layers, num_classes, zero_init_residual=zero_init_residual)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{name}: BasicBlock {layers} under a CIFAR stem (32 x 32 -> 512 x 4 x 4)."
+    return factory
 
 
-@register_model
-def resnet34(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual=zero_init_residual)
-
-
-@register_model
-def resnet50(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual=zero_init_residual)
-
-
-@register_model
-def resnet101(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, zero_init_residual=zero_init_residual)
-
-
-@register_model
-def resnet152(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, zero_init_residual=zero_init_residual)
-
-
-@register_model
-def resnext50_32x4d(num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(
-        Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual=zero_init_residual,
-        groups=32, width_per_group=4,
-    )
-
-
-# ---- CIFAR stem -------------------------------------------------------------------
-
-
-@register_model
-def resnet18_cifar(num_classes: int = 10, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, stem="cifar", zero_init_residual=zero_init_residual)
-
-
-@register_model
-def resnet34_cifar(num_classes: int = 10, zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, stem="cifar", zero_init_residual=zero_init_residual)
+for _name in IMAGENET_MODELS:
+    globals()[_name] = register_model(_imagenet_factory(_name))
+for _name in CIFAR_STEM_MODELS:
+    globals()[_name] = register_model(_cifar_stem_factory(_name))
+del _name

@@ -164,11 +164,10 @@ def display_image(ds, i: int, cfg) -> np.ndarray:
     """The i-th training image, un-normalised, H x W x 3 uint8, in the model's input geometry."""
     if hasattr(ds, "data"):
         return np.asarray(ds.data[i], dtype=np.uint8)
-    from ..data.image_transforms import CenterCrop, Resize
+    from ..data.image_transforms import imagenet_eval_geometry
 
     size = cfg.dataset.image_size
-    img = ds.load_image(int(i))
-    img = CenterCrop(size)(Resize(int(round(size * 256 / 224)))(img))
+    img = imagenet_eval_geometry(resize=int(round(size * 256 / 224)), size=size)(ds.load_image(int(i)))
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
