@@ -100,7 +100,7 @@ def test_force_replaces_only_when_the_new_run_finishes(finished, fake_cifar10, m
     assert _digest(wd / "checkpoints/phase_i" / NAME / "r1") == before
     cfg1 = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT))
     assert records.inspect_phase(wd, "phase_i", cfg1, "r1").status == "complete"
-    assert (wd / "checkpoints/phase_i" / NAME / "r1.staging").is_dir()
+    assert (wd / "checkpoints/phase_i" / NAME / ".r1.staging").is_dir()  # hidden: a name no note can have
     out = []
     pipeline.run(NAME, "r1", wd, "cpu", ov, force=True, print_fn=out.append)
     new = records.read_record(wd / "log/phase_i" / NAME / "r1")
