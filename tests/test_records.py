@@ -389,7 +389,7 @@ def test_phase_ii_plain_path_equals_fast_path(finished, fake_cifar10, tmp_path):
 
 def test_phase_iii_h_r_must_match_the_store(finished, fake_cifar10):
     cfg = load_config(NAME, "phase_iii", _ov(fake_cifar10, *SHORT, "extract.h_r=0.95", "finetune.variant=hr"))
-    with pytest.raises(ConfigError, match="phase_ii outputs .* other settings .extract.h_r: 0.9 -> 0.95"):
+    with pytest.raises(ConfigError, match=r"Phase II of .* other settings .extract.h_r: 0.9 -> 0.95.*\(extract.h_r=0.9\)"):
         phase_iii.finetune(cfg, "r1", finished, "cpu")
     up = {"phase_i": records.read_record(finished / "log/phase_i" / NAME / "r1"),
           "phase_ii": records.read_record(finished / "log/phase_ii" / NAME / "r1")}
