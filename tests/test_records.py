@@ -525,7 +525,7 @@ def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     p1 = [json.loads((tmp_path / "log/phase_i" / NAME / f"sd-s{s}/metrics.json").read_text())["final"]["top1"]
           for s in (0, 1)]
     assert rows["phase_i"]["top1"] == pytest.approx(np.mean(p1))
-    md = (tmp_path / "log/run" / NAME / "sd/summary.md").read_text()
+    md = (tmp_path / "log/run" / NAME / "sd/summary+seeds0-1.md").read_text()  # a seed list's own table
     assert "## seed 0 (sd-s0)" in md and "## seed 1 (sd-s1)" in md and "2 Phase I seeds (0, 1" in md
-    html = (tmp_path / "log/run" / NAME / "sd/report.html").read_text()
+    html = (tmp_path / "log/run" / NAME / "sd/report+seeds0-1.html").read_text()
     assert "seed 1 (sd-s1)" in html and 'id="curves"' in html
