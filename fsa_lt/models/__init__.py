@@ -11,6 +11,7 @@ from .heads import CosineClassifier
 from .registry import (
     CLASSIFIERS,
     PretrainedReport,
+    check_pretrained_file,
     create_model,
     is_model,
     list_models,
@@ -30,6 +31,7 @@ __all__ = [
     "is_model",
     "register_model",
     "load_pretrained",
+    "check_pretrained_file",
     "PretrainedReport",
     "CifarResNet",
     "ResNet",
