@@ -12,18 +12,25 @@
     fsa-lt data      --config NAME [--verify] [--out DIR]                     data set profile
     fsa-lt status    [--config NAME] [--note NOTE] [--json]                   running / interrupted / finished
 
-Every command takes `--workdir DIR` (default: the current folder), `--device cpu|cuda[:i]`
-and trailing dotted overrides such as `train.epochs=2 dataset.root=/data`.  A user error
-prints one line, ``fsa-lt: error: ...``, and exits non-zero: 2 for config errors (including
-outputs made with other settings), 3 for data errors, 4 for checkpoint / record errors, 5 when
-another live process runs the same phase and note, 130 when interrupted (the message names the
-command that resumes).
+Every command takes `--workdir DIR` (default: the current folder); every command but `data` and
+`status` takes `--device cpu|cuda[:i]`; every command but `status` takes trailing dotted
+overrides such as `train.epochs=2 dataset.root=/data`, in the form `fsa-lt run` takes them
+(a `phase_i.` / `phase_ii.` / `phase_iii.` prefix makes one start at that phase), so a run's
+command line can be copied to the commands that read the run.  A note is one plain folder
+name.  A user error prints one line, ``fsa-lt: error: ...``, and exits non-zero: 2 for config
+errors (including outputs made with other settings), 3 for data errors, 4 for checkpoint /
+record errors, 5 when another live process runs the same phase and note, 130 when interrupted
+with Ctrl-C and 143 when stopped with SIGTERM (a plain `kill`; both name the command that
+resumes), 141 when the reader of its output went away (`fsa-lt status | head -1`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from .errors import ConfigError, FsaError
 
@@ -37,7 +44,12 @@ def _common(p: argparse.ArgumentParser, config_required: bool = True, note_defau
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=2")
 
 
-_FORCE = "replace finished (or interrupted) outputs of this note made with other settings; the old ones stay until the new run finishes"
+_FORCE = ("do this phase again even when it has finished (with these or other settings) or was interrupted, "
+          "replacing its outputs; the old ones stay valid until the new run finishes")
+_RUN_FORCE = ("replace the outputs of this note that were made with other settings: each phase whose settings "
+              "differ, and the phases after it; the old ones stay valid until the new ones finish. Phases "
+              "finished with these settings are reused (to do one again: fsa-lt train / extract / finetune --force)")
+_MODE = "train: run the phase (default); test: evaluate a checkpoint (--checkpoint) and write test_<its file name>.json"
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -71,15 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="Phase III: fine-tune the classifier with feature-space augmentation")
     _common(p)
-    p.add_argument("--mode", choices=("train", "test"), default="train")
+    p.add_argument("--mode", choices=("train", "test"), default="train", help=_MODE)
     p.add_argument("--checkpoint", default="best", help="test mode: best, last, or a path")
     p.add_argument("--force", action="store_true", help=_FORCE)
 
     p = sub.add_parser("run", help="Phases I, II and III in order, then a summary table")
     _common(p)
-    p.add_argument("--force", action="store_true", help="redo every phase, replacing finished outputs when the new ones are done")
+    p.add_argument("--force", action="store_true", help=_RUN_FORCE)
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (what rerunning the same command does anyway)")
+                   help="continue an interrupted run (what rerunning the same command does anyway); "
+                        "an error if no phase of it has been started")
     p.add_argument("--control", action="store_true",
                    help="also run Phase III with the augmentation off (the paper's 'No Aug' control)")
     _seed_flags(p)
@@ -96,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="*", default=None, metavar="S",
                    help="compare over the finished Phase I models <note>-s<S> (as `fsa-lt run --seeds` names "
                         "them), pooled: mean ± std over the Phase I seeds")
-    p.add_argument("--force", action="store_true", help=_FORCE)
+    p.add_argument("--force", action="store_true", help=_RUN_FORCE)
 
     p = sub.add_parser("demo", help="FSA against its No-Aug control on real CIFAR-10-LT from the shipped Phase I model, "
                                     "minutes on a CPU (the offline digits demo without CIFAR-10)")
     _common(p, config_required=False, note_default="demo")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help=_RUN_FORCE)
     p.add_argument("--seeds", nargs="*", default=None, metavar="S",
                    help="Phase III seeds over the shipped model (digits: Phase I seeds, each end to end); default 0 1 2")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -130,14 +143,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dispatch(args) -> int:
-    from .config import load_config
+def check_workdir(path) -> None:
+    """--workdir must be a folder, or a path whose first existing part is one (it is made)."""
+    p = Path(path)
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        where = "a file" if q == p else f"under a file ({q})"
+        raise ConfigError(f"--workdir {path}: {where}, not a folder")
 
+
+def check_args(args) -> None:
+    """What the command line itself gets wrong, before any config is read or anything made."""
+    from .phases.records import check_note, check_phase_overrides
+
+    if getattr(args, "workdir", None) is not None:
+        check_workdir(args.workdir)
+    if getattr(args, "note", None) is not None:
+        check_note(args.note)
+    if getattr(args, "overrides", None):
+        check_phase_overrides(args.overrides)
+
+
+def _phase_config(args, phase: str):
+    """The config of `phase` from the command's overrides, read as `fsa-lt run` reads them."""
+    from .config import load_config, split_phase_overrides
+
+    return load_config(args.config, phase, split_phase_overrides(args.overrides, phase))
+
+
+def dispatch(args) -> int:
     cmd = args.command
+    check_args(args)
     if cmd in ("train", "test"):
         from .phases import phase_i
 
-        cfg = load_config(args.config, "phase_i", args.overrides)
+        cfg = _phase_config(args, "phase_i")
         if cmd == "train":
             phase_i.train(cfg, args.note, args.workdir, args.device, resume=args.resume, force=args.force)
         else:
@@ -146,13 +188,13 @@ def dispatch(args) -> int:
     if cmd == "extract":
         from .phases import phase_ii
 
-        cfg = load_config(args.config, "phase_ii", args.overrides)
+        cfg = _phase_config(args, "phase_ii")
         phase_ii.extract(cfg, args.note, args.workdir, args.device, force=args.force)
         return 0
     if cmd == "finetune":
         from .phases import phase_iii
 
-        cfg = load_config(args.config, "phase_iii", args.overrides)
+        cfg = _phase_config(args, "phase_iii")
         if args.mode == "train":
             phase_iii.finetune(cfg, args.note, args.workdir, args.device, force=args.force)
         else:
@@ -175,7 +217,10 @@ def dispatch(args) -> int:
     if cmd == "data":
         from .data.profile import run_profile
 
-        run_profile(args.config, args.overrides, workdir=args.workdir, out=args.out, verify=args.verify)
+        from .config import split_phase_overrides
+
+        run_profile(args.config, split_phase_overrides(args.overrides, "phase_i"), workdir=args.workdir, out=args.out,
+                    verify=args.verify)
         return 0
     if cmd == "status":
         from .phases.status import status
@@ -185,7 +230,7 @@ def dispatch(args) -> int:
     if cmd == "visualize":
         from .viz.figures import visualize
 
-        cfg = load_config(args.config, "phase_iii", args.overrides)
+        cfg = _phase_config(args, "phase_iii")
         visualize(cfg, args.note, args.workdir, args.device, per_class=args.per_class)
         return 0
     raise AssertionError(cmd)
@@ -223,23 +268,66 @@ def split_seed_lists(args: argparse.Namespace) -> None:
             args.overrides = list(getattr(args, "overrides", None) or []) + extra
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a plain `kill`, a batch system's time limit): stopped as Ctrl-C stops a run."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`fsa-lt status | head -1`)."""
+    try:
+        import select
+
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except Exception:  # no poll (Windows) or no real stdout (a test's capture): not known to be gone
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None, prog: str = "fsa-lt", shown_argv: list[str] | None = None) -> int:
     """`shown_argv`: the words after `prog` as the user typed them (the seed scripts differ)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         split_seed_lists(args)
-        return dispatch(args)
+        rc = dispatch(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+        return rc
     except FsaError as exc:
         msg = " ".join(str(exc).split())
         print(f"fsa-lt: error: {msg}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         what = {"train": "resume it with", "run": "resume it with"}.get(args.command, "rerun it with")
-        print(f"fsa-lt: interrupted; {what}: {resume_command(args.command, argv if shown_argv is None else shown_argv, prog)}",
+        how = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"fsa-lt: {how}; {what}: {resume_command(args.command, argv if shown_argv is None else shown_argv, prog)}",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        _quiet_stdout()
+        return 141
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         from .engine import distributed as dist
 
         dist.cleanup()
@@ -257,7 +345,7 @@ def _seed_script_parser(phase: str) -> argparse.ArgumentParser:
     if phase == "phase_ii":
         p.add_argument("--force", action="store_true", help=_FORCE)
         return p
-    p.add_argument("--mode", choices=("train", "test"), default="train")
+    p.add_argument("--mode", choices=("train", "test"), default="train", help=_MODE)
     p.add_argument("--checkpoint", default="best", help="test mode: best, last, or a path (default: best)")
     if phase == "phase_i":
         _train_flags(p)

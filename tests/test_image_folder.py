@@ -200,7 +200,11 @@ def test_csv_malformed(tmp_path, text, message):
 def test_csv_class_rules(tmp_path):
     write_images(tmp_path, [("a/1.png", 0), ("b/1.png", 1), ("c/1.png", 2)])
     train = write_csv(tmp_path / "t.csv", [("a/1.png", 0), ("c/1.png", 2)])
-    with pytest.raises(DataError, match=r"t\.csv: class 1 has no training image"):
+    with pytest.raises(DataError, match=r"t\.csv:3: label 2 is beyond class id 1, which no training row has"):
+        csv_dataset(tmp_path, train)
+    # a typo (99 for 2) names its own line, not the 97 empty classes it makes
+    train = write_csv(tmp_path / "t.csv", [("a/1.png", 0), ("b/1.png", 1), ("c/1.png", 99)])
+    with pytest.raises(DataError, match=r"t\.csv:4: label 99 is beyond class ids 2\.\.98, which no training row has"):
         csv_dataset(tmp_path, train)
     train = write_csv(tmp_path / "t.csv", [("a/1.png", 0), ("b/1.png", 1)])
     test = write_csv(tmp_path / "v.csv", [("a/1.png", 0), ("c/1.png", 2)])

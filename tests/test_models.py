@@ -253,20 +253,20 @@ def test_pretrained_without_classifier_or_bn_counters(tmp_path):
 
 def test_pretrained_missing_file(tmp_path):
     path = tmp_path / "nope.pth"
-    with pytest.raises(CheckpointError, match=f"pretrained weights not found: {path}"):
+    with pytest.raises(CheckpointError, match=f"model.pretrained: weights file not found: {path}"):
         create_model("resnet20", 10, pretrained=str(path))
 
 
 def test_pretrained_corrupt_file(tmp_path):
     path = tmp_path / "bad.pth"
     path.write_bytes(b"this is not a torch file")
-    with pytest.raises(CheckpointError, match=f"cannot read pretrained weights {path}: "):
+    with pytest.raises(CheckpointError, match=f"model.pretrained: cannot read weights {path}: "):
         create_model("resnet20", 10, pretrained=str(path))
 
     trunc = tmp_path / "trunc.pth"
     torch.save(create_model("resnet20", 10).state_dict(), trunc)
     trunc.write_bytes(trunc.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="cannot read pretrained weights"):
+    with pytest.raises(CheckpointError, match="model.pretrained: cannot read weights"):
         create_model("resnet20", 10, pretrained=trunc)
 
     notdict = tmp_path / "list.pth"

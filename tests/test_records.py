@@ -100,7 +100,7 @@ def test_force_replaces_only_when_the_new_run_finishes(finished, fake_cifar10, m
     assert _digest(wd / "checkpoints/phase_i" / NAME / "r1") == before
     cfg1 = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT))
     assert records.inspect_phase(wd, "phase_i", cfg1, "r1").status == "complete"
-    assert (wd / "checkpoints/phase_i" / NAME / "r1.staging").is_dir()
+    assert (wd / "checkpoints/phase_i" / NAME / ".r1.staging").is_dir()  # hidden: a name no note can have
     out = []
     pipeline.run(NAME, "r1", wd, "cpu", ov, force=True, print_fn=out.append)
     new = records.read_record(wd / "log/phase_i" / NAME / "r1")
@@ -150,8 +150,8 @@ def test_phase_iii_seeds_summary_mean_std_and_paired_difference(finished, fake_c
     d = np.array(f) - np.array(c)
     assert rows["fsa_minus_control"]["top1"] == pytest.approx(d.mean())
     assert rows["fsa_minus_control"]["top1_std"] == pytest.approx(d.std(ddof=1))
-    md = (finished / "log/run" / NAME / "r1/summary.md").read_text()
-    assert f"{np.mean(f):.2f} ± {np.std(f, ddof=1):.2f}" in md
+    md = (finished / "log/run" / NAME / "r1/summary+fs3-4-5.md").read_text()  # beside r1's own summary.md
+    assert f"{np.mean(f):.2f} ± {np.std(f, ddof=1):.2f}" in md and "Phase III seeds 3, 4, 5." in md
     # the Phase III seeds differ in their draws (else the std says nothing)
     assert len({records.read_record(finished / "log/phase_iii" / NAME / f"r1-fs{k}")["run_id"] for k in (3, 4, 5)}) == 3
 
@@ -389,7 +389,7 @@ def test_phase_ii_plain_path_equals_fast_path(finished, fake_cifar10, tmp_path):
 
 def test_phase_iii_h_r_must_match_the_store(finished, fake_cifar10):
     cfg = load_config(NAME, "phase_iii", _ov(fake_cifar10, *SHORT, "extract.h_r=0.95", "finetune.variant=hr"))
-    with pytest.raises(ConfigError, match="phase_ii outputs .* other settings .extract.h_r: 0.9 -> 0.95"):
+    with pytest.raises(ConfigError, match=r"Phase II of .* other settings .extract.h_r: 0.9 -> 0.95.*\(extract.h_r=0.9\)"):
         phase_iii.finetune(cfg, "r1", finished, "cpu")
     up = {"phase_i": records.read_record(finished / "log/phase_i" / NAME / "r1"),
           "phase_ii": records.read_record(finished / "log/phase_ii" / NAME / "r1")}
@@ -525,7 +525,7 @@ def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     p1 = [json.loads((tmp_path / "log/phase_i" / NAME / f"sd-s{s}/metrics.json").read_text())["final"]["top1"]
           for s in (0, 1)]
     assert rows["phase_i"]["top1"] == pytest.approx(np.mean(p1))
-    md = (tmp_path / "log/run" / NAME / "sd/summary.md").read_text()
+    md = (tmp_path / "log/run" / NAME / "sd/summary+seeds0-1.md").read_text()  # a seed list's own table
     assert "## seed 0 (sd-s0)" in md and "## seed 1 (sd-s1)" in md and "2 Phase I seeds (0, 1" in md
-    html = (tmp_path / "log/run" / NAME / "sd/report.html").read_text()
+    html = (tmp_path / "log/run" / NAME / "sd/report+seeds0-1.html").read_text()
     assert "seed 1 (sd-s1)" in html and 'id="curves"' in html

@@ -363,9 +363,14 @@ def _csv_classes(train: CsvList, num_classes: Optional[int]) -> list[str]:
         counts = np.bincount(train.labels, minlength=k)
         empty = np.flatnonzero(counts == 0)
         if empty.size:
-            more = f" (and {empty.size - 1} more classes)" if empty.size > 1 else ""
-            raise DataError(f"{train.path}: class {int(empty[0])} has no training image{more} "
-                            f"(labels must run 0..K-1)")
+            # the row to blame: the first whose label lies beyond a missing id (a typo such as 99
+            # among 0..3 leaves 4..98 empty; a skipped id leaves a gap below the next label)
+            i = int(np.argmax(train.labels > empty[0]))
+            gap = (f"ids {int(empty[0])}..{int(empty[-1])}" if empty.size == int(empty[-1]) - int(empty[0]) + 1
+                   and empty.size > 1 else f"id {int(empty[0])}" + (f" and {empty.size - 1} more" if empty.size > 1 else ""))
+            raise DataError(f"{train.path}:{train.lines[i]}: label {int(train.labels[i])} is beyond class {gap}, "
+                            f"which no training row has: labels must be the class ids 0..K-1, every one used "
+                            f"(K is the largest label + 1, here {k})")
         return _folder_names(train.paths, train.labels, k)
     return sorted(set(train.names))
 

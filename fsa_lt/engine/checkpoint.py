@@ -28,9 +28,10 @@ def save_checkpoint(path, state: dict) -> Path:
     return torch_save(path, state)
 
 
-def load_error_reason(path: Path, exc: Exception) -> str:
+def load_error_reason(path: Path, exc: Exception, origin: str = "so it was not written by fsa-lt") -> str:
     """Why `torch.load(path, weights_only=True)` failed, as one whole clause (not PyTorch's
-    multi-paragraph text cut at some length)."""
+    multi-paragraph text cut at some length, nor its advice to turn the safe loading off).
+    origin: what a file holding Python objects is, said after them."""
     import re
     import zipfile
 
@@ -45,7 +46,7 @@ def load_error_reason(path: Path, exc: Exception) -> str:
     if m or ("Weights only load failed" in text and zipfile.is_zipfile(path)):
         what = f" (it names {m.group(1)})" if m else ""
         return ("it holds Python objects other than tensors and plain data" + what +
-                ", so it was not written by fsa-lt; it was refused without running its code")
+                f", {origin}; it was refused without running its code")
     if not zipfile.is_zipfile(path):
         if "central directory" in text or "zip archive" in text:
             return f"the file is truncated or corrupt ({size} bytes, its zip archive is incomplete)"

@@ -15,6 +15,7 @@ from .heads import CosineClassifier, FeatureHeadMixin
 from .registry import (
     CLASSIFIERS,
     PretrainedReport,
+    check_pretrained_file,
     create_model,
     is_model,
     list_models,
@@ -42,6 +43,7 @@ __all__ = [
     "register_model",
     "register_deferred",
     "load_pretrained",
+    "check_pretrained_file",
     "PretrainedReport",
     "CifarResNet",
     "ResNet",

@@ -14,7 +14,9 @@ import inspect
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -30,6 +32,7 @@ __all__ = [
     "list_models",
     "is_model",
     "load_pretrained",
+    "check_pretrained_file",
     "PretrainedReport",
 ]
 
@@ -141,14 +144,26 @@ class PretrainedReport:
     unexpected: list[str] = field(default_factory=list)  # keys in the file the model lacks
 
 
+def check_pretrained_file(path) -> None:
+    """`model.pretrained` before any work: the file is there and holds tensors only (read with
+    ``weights_only=True``, nothing in it is run); else a one-line `CheckpointError` of our own."""
+    _read_state_dict(os.fspath(path))
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"model.pretrained: weights file not found: {path}")
     if not os.path.isfile(path):
-        raise CheckpointError(f"pretrained weights not found: {path}")
+        raise CheckpointError(f"model.pretrained: {path} is not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, not a torch file, pickled objects
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read pretrained weights {path}: {reason}") from None
+        from ..engine.checkpoint import load_error_reason
+
+        reason = load_error_reason(Path(path), e, origin="so it is not a plain state dict of weights")
+        raise CheckpointError(f"model.pretrained: cannot read weights {path}: {reason}") from None
     if isinstance(obj, dict):
         for k in ("state_dict", "model"):
             if isinstance(obj.get(k), dict):
@@ -156,7 +171,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict):
         raise CheckpointError(
-            f"cannot read pretrained weights {path}: expected a state dict, got {type(obj).__name__}"
+            f"model.pretrained: cannot read weights {path}: expected a state dict, got {type(obj).__name__}"
         )
     sd = {}
     for k, v in obj.items():
@@ -167,7 +182,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 k = k[len(p):]
         sd[k] = v
     if not sd:
-        raise CheckpointError(f"cannot read pretrained weights {path}: no tensors in the file")
+        raise CheckpointError(f"model.pretrained: cannot read weights {path}: no tensors in the file")
     return sd
 
 

@@ -17,7 +17,7 @@ from ..config import dump_yaml
 from ..engine.io import environment, write_json, write_text
 from ..engine.metrics import one_line, summarize
 from ..engine.run import open_run, run_dirs, seed_everything
-from ..errors import CheckpointError, DataError, FsaError
+from ..errors import CheckpointError, ConfigError, DataError, FsaError
 from ..models import create_model
 from . import records
 
@@ -63,15 +63,59 @@ def command_hint(phase: str, cfg, note: str) -> str:
     return f"fsa-lt {PHASE_VERBS[phase]} --config {cfg.name} --note {note}"
 
 
-def upstream_record(workdir, phase: str, cfg, note: str, upstream: dict | None = None) -> dict:
-    """The record of a finished upstream `phase`, or a one-line error saying what to run first."""
+def override_words(config: dict, keys) -> str:
+    """``KEY=VALUE`` words (shell-quoted where needed) that give `keys` the values of `config`."""
+    import shlex
+
+    import yaml
+
+    view = records.phase_view(config, "phase_iii")
+    words = []
+    for k in keys:
+        if k in view:
+            v = yaml.safe_dump(view[k], default_flow_style=True, width=10**6).split("\n...")[0].strip()
+            words.append(shlex.quote(f"{k}={v}"))
+    return " ".join(words)
+
+
+def upstream_record(workdir, phase: str, cfg, note: str, upstream: dict | None = None,
+                    consumer: str | None = None) -> dict:
+    """The record of a finished upstream `phase`, or a one-line error saying what to run first.
+
+    A command that reads a finished phase cannot replace it: outputs made with other settings
+    are an error that names the settings they were made with, to be given again (as the
+    command that made them had them). consumer: the phase that reads it; Phase III has a seed of
+    its own (`phase_iii.seed`), so its seed is not compared with Phase I's."""
+    import copy
+
+    workdir = Path(workdir)
     hint = command_hint(phase, cfg, note)
-    st = records.inspect_phase(Path(workdir), phase, cfg, note, upstream=upstream, command=hint)
+    if consumer == "phase_iii" and phase == "phase_i":
+        rec = records.read_record(records.log_dir(workdir, phase, cfg.name, note))
+        seed = ((rec or {}).get("config") or {}).get("seed")
+        if seed is not None and seed != cfg.seed:
+            cfg = copy.deepcopy(cfg)
+            cfg.seed = seed
+    # force: outputs made with other settings are described, not refused (this command replaces nothing)
+    st = records.inspect_phase(workdir, phase, cfg, note, upstream=upstream, force=True, command=hint)
+    if st.status == "stale" and st.cause == "settings" or st.status == "absent" and st.diff:
+        shown = "; ".join(st.diff[:6]) + (f"; and {len(st.diff) - 6} more" if len(st.diff) > 6 else "")
+        keys = [d.split(":", 1)[0] for d in st.diff]
+        if st.record is not None:
+            again = override_words(st.record.get("config") or {}, keys)
+            raise ConfigError(f"{PHASE_TITLES[phase]} of {cfg.name} / {note} was made with other settings ({shown}): "
+                              f"give the settings it was made with, as the command that made it had them "
+                              f"({again}), or make it again with these: {hint} --force")
+        raise ConfigError(f"{PHASE_TITLES[phase]} of {cfg.name} / {note} was started with other settings ({shown}) "
+                          f"and has not finished: resume it with the command that started it, or run {hint} --force")
+    if st.status == "stale" and st.cause == "outputs":
+        raise CheckpointError(f"{PHASE_TITLES[phase]} record {records.log_dir(workdir, phase, cfg.name, note) / records.RECORD} "
+                              f"no longer matches its outputs ({st.reason}); redo the phase: {hint} --force")
     if st.status == "complete":
         return st.record
     what = {"stale": f"is out of date ({st.reason})", "interrupted": "was interrupted and has not finished",
             "absent": "has not been run"}[st.status]
-    more = " --resume" if st.status == "interrupted" and phase == "phase_i" else (" --force" if st.status == "stale" else "")
+    more = " --resume" if st.status == "interrupted" and phase == "phase_i" else ""  # a stale phase is redone by its command
     raise CheckpointError(f"{PHASE_TITLES[phase]} of {cfg.name} / {note} {what}: run {hint}{more} first "
                           f"(or fsa-lt run --config {cfg.name} --note {note})")
 
@@ -166,8 +210,64 @@ def finish_phase(run, payload: dict, inputs: dict, outputs: dict, summary: dict 
         if run.staging:
             records.swap_in(run.dirs, run.final_dirs)
             run.dirs = dict(run.final_dirs)
+            # the runs it replaced are gone: the later phases made from them are stale now (records.
+            # inputs_problem), and so is every table that shows them, until its command writes it anew
+            mark_summaries_stale(run.workdir, run.phase, run.cfg.name, run.out_note)
     dist.barrier()
     return dist.broadcast_object(rec)
+
+
+STALE_MARK = "> **Out of date:**"
+
+
+def _summary_runs(payload: dict) -> set:
+    """The run notes a summary or comparison (its .json) was made from."""
+    names = set()
+    for r in payload.get("rows") or []:
+        names.update(r.get("runs") or [])
+    for m in payload.get("members") or []:
+        names.add(m.get("note"))
+        for r in m.get("rows") or []:
+            names.update(r.get("runs") or [])
+    return {n for n in names if isinstance(n, str)}
+
+
+def mark_summaries_stale(workdir, phase: str, config: str, note: str) -> list[Path]:
+    """Mark every table of ``log/run/<config>/`` made from run `note` (a summary of `fsa-lt run`,
+    a comparison, and its report) as out of date: a line at the top of the .md and the report
+    and ``"stale"`` in the .json say which run was redone and when. Returns the files marked."""
+    import json
+
+    base = Path(workdir) / "log" / "run" / config
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    why = (f"{PHASE_TITLES[phase]} of {config} / {note} was redone at {when}, after this table was written; its "
+           f"numbers are those of the runs that were replaced. The command that wrote it writes it anew.")
+    marked = []
+    for js in sorted(base.glob("*/*.json")) if base.is_dir() else ():
+        if not js.name.startswith(("summary", "compare")):
+            continue
+        try:
+            payload = json.loads(js.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(payload, dict) or payload.get("stale") or note not in _summary_runs(payload):
+            continue
+        write_json(js, dict(payload, stale=why))
+        marked.append(js)
+        md = js.with_suffix(".md")
+        if md.is_file():
+            write_text(md, f"{STALE_MARK} {why}\n\n" + md.read_text())
+            marked.append(md)
+        suffix = js.stem[len("summary"):] if js.name.startswith("summary") else ""
+        report = js.parent / f"report{suffix}.html"
+        if report.is_file():
+            page = report.read_text()
+            if "<body>" in page and 'class="stale"' not in page:
+                import html
+
+                write_text(report, page.replace("<body>", f'<body><p class="stale"><b>Out of date:</b> {html.escape(why)}</p>', 1))
+                marked.append(report)
+    return marked
 
 
 def short_metrics(m: dict | None) -> dict | None:
@@ -208,14 +308,18 @@ def save_confusion_matrix(run, cm) -> None:
 def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str, step_key: str,
                     out_note: str | None = None) -> dict:
     """Test mode of a phase: evaluate best/last/a path on the test set and write
-    ``test_<checkpoint>.json`` (metrics under the checkpoint's name) and ``test_<checkpoint>.log``
-    in the run's log folder. The run's record (config, environment, metrics) is never touched."""
+    ``test_<file>.json`` (``test_best_model.json`` for best: metrics under the file's name) and
+    ``test_<file>.log`` in the run's log folder. The run's record (config, environment, metrics)
+    is never touched. best / last of a run that has not been run, whose files have changed since
+    its record, or whose inputs have been redone since (stale) are refused, each in its words."""
     from ..data import build_dataset, class_counts, make_loader
     from ..engine.trainer import amp_mode, evaluate
 
     workdir = Path(workdir)
     out_note = out_note or note
     path = checkpoint_path(run_dirs(workdir, phase, cfg.name, out_note)["ckpt"], checkpoint)
+    if checkpoint in ("best", "last"):
+        check_tested_run(workdir, phase, cfg, note, out_note)
     state = load_checkpoint(path, expect_phase=phase)  # readable before anything is made
     saved = state.get("config")
     if saved:
@@ -250,6 +354,30 @@ def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str
         return m
     finally:
         run.close()
+
+
+def check_tested_run(workdir: Path, phase: str, cfg, note: str, out_note: str) -> None:
+    """The run whose best / last checkpoint test mode evaluates: run (or started: an interrupted
+    run's checkpoints so far may be tested), its files as its record names them, its inputs still
+    the runs in place; else a one-line CheckpointError saying which and what to run."""
+    ldir = records.log_dir(workdir, phase, cfg.name, out_note)
+    hint = command_hint(phase, cfg, note)
+    title = f"{PHASE_TITLES[phase]} of {cfg.name} / {out_note}"
+    rec = records.read_record(ldir)
+    if rec is None:
+        started = (ldir / records.PENDING).is_file() or (
+            phase == "phase_i" and (run_dirs(workdir, phase, cfg.name, out_note)["ckpt"] / "last.pt").is_file())
+        if not started:
+            raise CheckpointError(f"{title} has not been run: run {hint} (with the overrides of the run to test) "
+                                  f"or fsa-lt run first")
+        return
+    problem = records.outputs_problem(workdir, rec)
+    if problem:
+        raise CheckpointError(f"{title}: its record no longer matches its outputs ({problem}); redo it: {hint} --force")
+    problem = records.inputs_problem(workdir, rec)
+    if problem:
+        raise CheckpointError(f"{title} is out of date: {problem}, so its checkpoints are of a model that is no longer "
+                              f"there; run {hint} (or the fsa-lt run that made it) to redo it, then test")
 
 
 def write_metrics(run, payload: dict, name: str = "metrics.json") -> None:

@@ -51,12 +51,17 @@ def train(cfg: Config, note: str, workdir=".", device=None, resume: bool = False
     state = records.inspect_phase(workdir, PHASE, cfg, note, force=force, command=hint)
     if state.status == "complete" and not force:
         say(f"[{PHASE}] {cfg.name} / {note}: complete outputs with these settings "
-            f"({records.log_dir(workdir, PHASE, cfg.name, note) / records.RECORD}); reusing them (--force retrains)")
+            f"({records.log_dir(workdir, PHASE, cfg.name, note) / records.RECORD}); reusing them "
+            f"(to train it again anyway: fsa-lt train --force, or a new --note)")
         return completed(workdir, PHASE, cfg.name, note)
     resume_from = state.resume_from if state.status == "interrupted" and not force else None
     if resume and resume_from is None and state.status != "interrupted":
         raise CheckpointError(f"nothing to resume: no interrupted Phase I run of {cfg.name} / {note} "
                               f"({workdir / 'checkpoints' / PHASE / cfg.name / note / 'last.pt'} not found)")
+    if cfg.model.pretrained:  # a missing or unsafe weights file is said before the data are read
+        from ..models import check_pretrained_file
+
+        check_pretrained_file(cfg.model.pretrained)
     data = _load_data(cfg)  # bad data is an error before any output folder exists
     if resume_from is not None:
         say(f"[{PHASE}] {cfg.name} / {note}: an interrupted run with these settings is there; resuming it from {resume_from}")

@@ -166,7 +166,7 @@ def finetune(cfg: Config, note: str, workdir=".", device=None, force: bool = Fal
     workdir = Path(workdir)
     out = output_note(cfg, note)
     if upstream is None:
-        rec_i = upstream_record(workdir, "phase_i", cfg, note)
+        rec_i = upstream_record(workdir, "phase_i", cfg, note, consumer=PHASE)
         upstream = {"phase_i": rec_i, "phase_ii": upstream_record(workdir, "phase_ii", cfg, note, {"phase_i": rec_i})}
     state = records.inspect_phase(workdir, PHASE, cfg, out, upstream=upstream, force=force,
                                   command=command_hint(PHASE, cfg, note))

@@ -95,6 +95,7 @@ class Member:
 
 
 def _member(config: str, note: str, seed, overrides: list[str], methods: list[str], p3_seeds) -> Member:
+    records.check_phase_overrides(overrides)  # a key aimed at a phase that only reads it: before any work
     ov = list(overrides) + ([f"seed={seed}"] if seed is not None else [])
     cfgs = {ph: load_config(config, ph, split_phase_overrides(ov, ph)) for ph in PHASES}
     m = Member(seed, note, cfgs)
@@ -109,16 +110,19 @@ def _member(config: str, note: str, seed, overrides: list[str], methods: list[st
     return m
 
 
-def preflight(workdir: Path, members: list[Member], force: bool, command: str) -> dict:
+def preflight(workdir: Path, members: list[Member], force: bool, command: str, statuses: dict | None = None) -> dict:
     """Every phase of every member against what is on disk, before any work: outputs made with
     other settings raise here (a ConfigError naming the keys) unless `force`. Returns which
     phases `force` replaces: (note, phase, output note) -> True; the rest run as usual (reused
-    when finished with these settings, resumed when interrupted, redone when their input was)."""
+    when finished with these settings, resumed when interrupted, redone when their input was).
+    statuses: filled with (note, phase, output note) -> the phase's status on disk."""
     replace = {}
 
     def look(phase, cfg, note, out, upstream):
         st = records.inspect_phase(workdir, phase, cfg, out, upstream=upstream, force=force, command=command)
         replace[(note, phase, out)] = force and st.replaced_by_force
+        if statuses is not None:
+            statuses[(note, phase, out)] = st.status
         return st.record if st.status == "complete" else None
 
     for m in members:
@@ -192,11 +196,16 @@ def _evidence(workdir: Path, config: str, members: list[Member]) -> dict:
 
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
         resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True,
-        extra_methods=()) -> dict:
-    """Run (or reuse, or resume) every phase, then write ``log/run/<config>/<note>/summary.md|json``
-    and the report. `resume` is accepted for symmetry with `fsa-lt train --resume`: an interrupted
-    run with the same settings is always resumed. `extra_methods`: more Phase III rows (names of
-    `ARMS`, e.g. "la-posthoc"), run beside FSA and the control."""
+        extra_methods=(), default_seeds=None, default_phase_iii_seeds=None) -> dict:
+    """Run (or reuse, or resume) every phase, then write the summary, ``log/run/<config>/<note>/
+    summary[<suffix>].md|json`` (`summary_suffix`: each variant and seed list a file of its own),
+    and the report. An interrupted run with the same settings is always resumed; `resume`, as
+    `fsa-lt train --resume`, says one is expected: an error when no phase has been started.
+    `extra_methods`: more Phase III rows (names of `ARMS`, e.g. "la-posthoc"), run beside FSA and the
+    control. default_seeds / default_phase_iii_seeds: the seed lists the calling command uses when
+    none is given (`fsa-lt demo`), whose summary is the plain ``summary.md``."""
+    from ..errors import CheckpointError
+
     workdir = Path(workdir)
     overrides = list(overrides or [])
     seeds = check_seeds(seeds, "--seeds")
@@ -205,12 +214,35 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force:
     members = [_member(config, f"{note}-s{s}" if s is not None else note, s, overrides, methods, p3_seeds)
                for s in (seeds or [None])]
     command = f"fsa-lt run --config {config} --note {note}"
-    replace = preflight(workdir, members, force, command)
+    statuses = {}
+    replace = preflight(workdir, members, force, command, statuses)
+    if resume and all(st == "absent" for st in statuses.values()):
+        raise CheckpointError(f"nothing to resume: no phase of {config} / {note} has been started "
+                              f"({workdir / 'log' / 'phase_i' / config / members[0].note} holds no run); "
+                              f"drop --resume to start it")
+    if force and not any(replace.values()):
+        print_fn(f"[run] --force: no output of {config} / {note} was made with other settings, so nothing is replaced: "
+                 "finished phases are reused, interrupted ones resumed (to do a phase again anyway: "
+                 "fsa-lt train / extract / finetune --force)")
     times = {}
     for m in members:
         t = _execute(workdir, m, device, replace, print_fn)
         times.update({f"{m.note}/{k}": v for k, v in t.items()} if seeds else t)
-    return write_summary(workdir, config, note, members, times, overrides, print_fn, device, report)
+    sfx = summary_suffix(members[0].cfgs["phase_iii"].finetune.variant, None if seeds == default_seeds else seeds,
+                         None if p3_seeds == default_phase_iii_seeds else p3_seeds)
+    return write_summary(workdir, config, note, members, times, overrides, print_fn, device, report, suffix=sfx)
+
+
+def summary_suffix(variant: str, seeds=None, phase_iii_seeds=None) -> str:
+    """What tells a summary's file from the others of its note: ``-<variant>`` (as `compare-<variant>`),
+    ``+seeds<a>-<b>...`` for `--seeds`, ``+fs<a>-<b>...`` for `--phase-iii-seeds` ('+' is a character
+    no variant holds); '' for the plain run, whose file is ``summary.md``."""
+    sfx = f"-{variant}" if variant else ""
+    if seeds is not None:
+        sfx += "+seeds" + "-".join(map(str, seeds))
+    if phase_iii_seeds is not None:
+        sfx += "+fs" + "-".join(map(str, phase_iii_seeds))
+    return sfx
 
 
 def compare(config: str, note: str, workdir=".", device=None, overrides=None, methods="fsa,no-aug", force: bool = False,
@@ -368,7 +400,9 @@ def _unique_recipes(workdir: Path, config: str, members: list[Member]) -> dict:
 
 
 def write_summary(workdir: Path, config: str, note: str, members: list[Member], times: dict, overrides: list[str],
-                  print_fn=print, device=None, report: bool = True) -> dict:
+                  print_fn=print, device=None, report: bool = True, suffix: str = "") -> dict:
+    """``summary<suffix>.md|json`` (and the report of it): the title names the Phase III variant and
+    the seeds behind every row."""
     from ..engine import distributed as dist
 
     per = [member_rows(workdir, config, m) for m in members]
@@ -391,7 +425,22 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     how = ("; mean ± sample std over " + " and ".join(spread)) if spread else ""
     if len(members) > 1 and n_p3 > 1:
         how += " (± is the spread over Phase I seeds of the per-model means; the spread over Phase III seeds is in summary.json as *_within_std)"
-    title = (f"# {config} / {note}\n\n{c.dataset.name}{imb}, {c.model.name}; Phase I "
+    variant = c.finetune.variant
+    p1_seeds = [m.cfgs["phase_i"].seed for m in members]
+    # the seed each FSA run of each Phase I model trained Phase III with (finetune.seed, else the seed)
+    p3_seed_values = [[f.finetune.seed if f.finetune.seed is not None else f.seed
+                       for f in next(cfgs for key, _, cfgs in m.arms if key == "fsa")] for m in members]
+    if all(v == p3_seed_values[0] for v in p3_seed_values):
+        each = p3_seed_values[0]
+        p3_text = (f"Phase III seed{'s' if len(each) > 1 else ''} {', '.join(map(str, each))}"
+                   + (" for each Phase I model" if len(members) > 1 else ""))
+    else:
+        p3_text = "Phase III seeds " + "; ".join(f"{', '.join(map(str, v))} (Phase I seed {s})"
+                                                 for s, v in zip(p1_seeds, p3_seed_values))
+    named = ((f"Phase III variant {variant}" if variant else "The default Phase III (no variant)")
+             + f"; Phase I seed{'s' if len(p1_seeds) > 1 else ''} {', '.join(map(str, p1_seeds))}; {p3_text}")
+    title = (f"# {config} / {note}" + (f", variant {variant}" if variant else "") + "\n\n" + named + ".\n\n"
+             f"{c.dataset.name}{imb}, {c.model.name}; Phase I "
              f"{members[0].cfgs['phase_i'].train.epochs} epochs, Phase III {c.finetune.iterations} iterations; "
              f"final models (not test-selected); accuracy in %; head/tail on the Phase II store's split{how}.\n")
     parts = [title, summary.table(rows)]
@@ -407,17 +456,20 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     payload = {"config": config, "note": note, "overrides": overrides, "rows": rows, "members": per,
                "seeds": [m.seed for m in members] if members[0].seed is not None else None,
                "phase_iii_seeds": [f.finetune.seed for f in fsa] if fsa[0].finetune.seed is not None else None,
+               "variant": variant, "phase_i_seed_values": p1_seeds, "phase_iii_seed_values": p3_seed_values,
+               "suffix": suffix, "file": f"summary{suffix}.md",
                "times_s": times, "evidence": ev, "configs": {ph: members[0].cfgs[ph].to_dict() for ph in PHASES},
                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if dist.is_main():
-        write_text(out / "summary.md", text)
-        write_json(out / "summary.json", payload)
+        write_text(out / f"summary{suffix}.md", text)
+        write_json(out / f"summary{suffix}.json", payload)
     print_fn("\n" + text)
+    print_fn(f"[run] summary: {out / f'summary{suffix}.md'}")
     if report and dist.is_main():
         try:
             from ..viz.report import write_run_report
 
-            write_run_report(workdir, config, note, print_fn=print_fn, device=device)
+            write_run_report(workdir, config, note, print_fn=print_fn, device=device, suffix=suffix)
         except ImportError:
             pass
         except Exception as exc:  # a report problem must not fail a finished run
@@ -478,7 +530,8 @@ def demo(args, print_fn=print) -> int:
         cfg_i = load_config(config, "phase_i", split_phase_overrides(overrides, "phase_i"))
         shipped.adopt(cfg_i, args.note, args.workdir, name, say=print_fn)
     payload = run(config, args.note, args.workdir, args.device or "cpu", overrides, force=args.force, control=True,
-                  phase_iii_seeds=p3_seeds, extra_methods=["la-posthoc"], print_fn=print_fn)
+                  phase_iii_seeds=p3_seeds, extra_methods=["la-posthoc"], default_phase_iii_seeds=[0, 1, 2],
+                  print_fn=print_fn)
     _verdict(payload, f"{len(p3_seeds)} Phase III seed(s) over one Phase I model", "real CIFAR-10-LT (imbalance 100)",
              print_fn)
     print_fn(f"[demo] {time.perf_counter() - t0:.0f} s in all")
@@ -506,10 +559,11 @@ def _digits_demo(args, print_fn=print) -> int:
     config = args.config or "digits-LT_resnet20"
     seeds = args.seeds if getattr(args, "seeds", None) is not None else [0, 1, 2]
     payload = run(config, args.note, args.workdir, args.device or "cpu", args.overrides, force=args.force, control=True,
-                  seeds=seeds, print_fn=print_fn)
+                  seeds=seeds, default_seeds=[0, 1, 2], print_fn=print_fn)
     _verdict(payload, f"{len(seeds)} Phase I seed(s)", "digits (8 x 8 pixels, a toy)", print_fn)
     print_fn("[demo] digits shows that the pipeline runs, not that the method works; on real CIFAR-10-LT see docs/RESULTS.md")
     return 0
 
 
-__all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "preflight", "ARMS"]
+__all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "preflight", "ARMS",
+           "summary_suffix"]

@@ -52,7 +52,7 @@ from ..errors import BusyError, CheckpointError, ConfigError
 RECORD = "record.json"
 PENDING = "pending.json"
 RECORD_FORMAT = "fsa-lt-record/1"
-STAGING_SUFFIX = ".staging"
+STAGING_SUFFIX = ".staging"  # a staging folder is ".<note>.staging": hidden, a name no note can have
 
 # Keys that cannot change what a phase computes (where the data lie, how many loader
 # workers, how often a resume point or a spare checkpoint is written, the batch size of
@@ -76,6 +76,44 @@ _PHASE_KEYS = {
     "phase_ii": (("dataset", "model", "train", "extract"), ("extract.tau_s", "extract.tau_g", *VALIDATION_KEYS)),
     "phase_iii": (("seed", "dataset", "model", "train", "extract", "finetune", "baseline"), ()),
 }
+
+
+_PREFIXES = ("phase_i", "phase_ii", "phase_iii")
+_TITLE = {"phase_i": "Phase I", "phase_ii": "Phase II", "phase_iii": "Phase III"}
+
+
+def owner_phase(key: str) -> str | None:
+    """The first phase whose result `key` (dotted, or a whole section) is part of: the phase that
+    made it, which a later phase only inherits; None for keys no result depends on."""
+    if key in OPERATIONAL:
+        return None
+    section = key.split(".", 1)[0]
+    for phase in _PREFIXES:
+        sections, ignore = _PHASE_KEYS[phase]
+        if section in sections and key not in ignore:
+            return phase
+    return None
+
+
+def check_phase_overrides(overrides) -> None:
+    """Refuse, before any work, a ``phase_x.KEY=V`` override whose key belongs to an earlier phase's
+    result: `fsa-lt run` would apply it from phase x on, so phase x's record would say a Phase I
+    setting (``phase_iii.train.epochs=99``) that Phase I never trained with, or an earlier phase
+    would refuse it only after the phases before had run. The seed is also Phase III's own seed."""
+    for o in overrides or []:
+        key = str(o).split("=", 1)[0].strip()
+        head, _, rest = key.partition(".")
+        if head not in _PREFIXES or not rest:
+            continue
+        owner = owner_phase(rest)
+        if owner is None or _PREFIXES.index(owner) >= _PREFIXES.index(head):
+            continue
+        if rest == "seed" and head == "phase_iii":
+            continue
+        hint = " (Phase III's own seed: phase_iii.seed or finetune.seed)" if rest == "seed" else ""
+        raise ConfigError(f"command line override '{o}': {rest} is a setting of {_TITLE[owner]}'s result, which "
+                          f"{_TITLE[head]} only reads, so a {head}. prefix cannot change it; give it as {rest}=... "
+                          f"or {owner}.{rest}=... (it then applies from {_TITLE[owner]} on){hint}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -263,6 +301,52 @@ def _outputs_problem(workdir: Path, rec: dict) -> str:
     return ""
 
 
+_TITLES = {"phase_i": "Phase I", "phase_ii": "Phase II", "phase_iii": "Phase III"}
+
+
+def current_run_ids(workdir: Path, phase: str, config: str) -> set[str]:
+    """The run_ids of the finished runs now in place for `phase` of `config`, every note."""
+    base = Path(workdir) / "log" / phase / config
+    ids = set()
+    for d in sorted(base.iterdir()) if base.is_dir() else ():
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            rec = read_record(d)
+        except CheckpointError:
+            continue
+        if rec and rec.get("run_id"):
+            ids.add(rec["run_id"])
+    return ids
+
+
+def inputs_problem(workdir: Path, rec: dict, current: dict | None = None) -> str:
+    """Why a finished run is stale ('' when it is not): an input it consumed (the Phase I run of a
+    Phase II, the Phase I and II runs of a Phase III) is no longer in place: a later run of that
+    phase has replaced it (a forced rerun swaps it in as soon as it finishes) or it is gone.
+
+    current: a cache, phase -> `current_run_ids`, for callers that look at many records."""
+    config = rec.get("config_name") or ""
+    for up, info in sorted((rec.get("inputs") or {}).items()):
+        rid = (info or {}).get("run_id")
+        if rid is None or up not in _TITLES:
+            continue
+        if current is None:
+            ids = current_run_ids(workdir, up, config)
+        else:
+            if up not in current:
+                current[up] = current_run_ids(workdir, up, config)
+            ids = current[up]
+        if rid not in ids:
+            return f"its {_TITLES[up]} input has been redone (or removed) since it ran"
+    return ""
+
+
+def outputs_problem(workdir: Path, rec: dict) -> str:
+    """What is wrong with the files a finished run's record names ('' when they are as written)."""
+    return _outputs_problem(Path(workdir), rec)
+
+
 # ----------------------------------------------------------------------------- one process per note
 try:
     import fcntl
@@ -370,9 +454,32 @@ def check_not_busy(workdir: Path, phase: str, config: str, note: str) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+# ----------------------------------------------------------------------------- notes
+def check_note(note: str, flag: str = "--note") -> str:
+    """A note is one plain folder name: the last part of ``log/<phase>/<config>/<note>/`` and its
+    siblings. Not empty, not '.' or '..', no path separator, and not starting with '.' (hidden
+    names are the lock files and staging folders of the notes beside them); else a ConfigError."""
+    bad = None
+    if not note:
+        bad = "it is empty"
+    elif note in (".", ".."):
+        bad = "it names a folder itself, not one inside the work folder"
+    elif "/" in note or "\\" in note or (os.sep in note) or (os.altsep and os.altsep in note):
+        bad = "it holds a path separator"
+    elif note.startswith("."):
+        bad = "it starts with '.' (hidden names are kept for lock files and staging folders)"
+    elif any(ord(ch) < 32 or ch == "\x7f" for ch in note):
+        bad = "it holds a control character"
+    if bad:
+        raise ConfigError(f"{flag} {note!r}: a note is one plain folder name (e.g. r1, cifar_lr0.01), and {bad}")
+    return note
+
+
 # ----------------------------------------------------------------------------- writing
 def staging_note(note: str) -> str:
-    return f"{note}{STAGING_SUFFIX}"
+    """Where a run that replaces `note`'s finished outputs writes until it finishes: hidden beside
+    it, under a name `check_note` refuses, so no note of the user's is ever taken for it."""
+    return f".{note}{STAGING_SUFFIX}"
 
 
 def write_pending(ldir: Path, cfg: Config, phase: str, note: str) -> None:
@@ -420,4 +527,6 @@ def swap_in(staged: dict[str, Path], final: dict[str, Path]) -> None:
 
 __all__ = ["RECORD", "PENDING", "PhaseState", "inspect_phase", "config_diff", "phase_view", "read_record",
            "write_record", "write_pending", "new_record", "file_output", "sha256_file", "swap_in", "staging_note",
-           "rel", "resolve", "log_dir", "hold_note", "release_note", "check_not_busy", "lock_path", "lock_holder"]
+           "rel", "resolve", "log_dir", "hold_note", "release_note", "check_not_busy", "lock_path", "lock_holder",
+           "check_note", "current_run_ids", "inputs_problem", "outputs_problem", "check_phase_overrides",
+           "owner_phase"]

@@ -5,8 +5,13 @@ going, which were cut off (and where), and which finished. Everything here is re
 files the phases write (see `records`): a run is
 
     running      a live process holds its lock (``log/<phase>/<config>/.<note>.lock``)
-    finished     its ``record.json`` is there (whether it is *current* for some settings is
-                 for the command that would use it to decide: `status` knows no overrides)
+    finished     its ``record.json`` is there, the files it names are as it wrote them, and the
+                 runs it consumed are still in place (whether it is *current* for some settings
+                 is for the command that would use it to decide: `status` knows no overrides)
+    stale        finished, but an input it consumed has been redone since (a forced rerun of an
+                 earlier phase swapped in a new run, say, and was stopped before this phase): the
+                 command that made it redoes it
+    damaged      finished, but a file its record names is missing or has changed since
     interrupted  it started (``pending.json``, or Phase I's ``last.pt``) and nothing holds it
 
 Nothing is written, and no lock is taken beyond a probe.
@@ -52,9 +57,12 @@ def scan(workdir, config: str | None = None, note: str | None = None) -> list[di
     """One entry per run folder ``log/<phase>/<config>/<note>/`` (staging folders of `--force`
     runs are shown as part of the note they replace): phase, config, note, state, detail."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir}: a file, not a folder")
     if not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir}: no such folder")
     rows = []
+    current: dict = {}  # phase -> run_ids in place (records.inputs_problem), read once per scan
     for phase in PHASES:
         base = workdir / "log" / phase
         for cdir in sorted(base.iterdir()) if base.is_dir() else ():
@@ -63,13 +71,13 @@ def scan(workdir, config: str | None = None, note: str | None = None) -> list[di
             notes = {p.name for p in cdir.iterdir() if p.is_dir() and not p.name.startswith(".")}
             notes |= {p.name[1:-len(".lock")] for p in cdir.glob(".*.lock")}  # a run that has made nothing yet
             for n in sorted(notes):
-                if n.endswith(records.STAGING_SUFFIX) or (note is not None and n != note):
+                if note is not None and n != note:
                     continue
-                rows.append(_one(workdir, phase, cdir.name, n))
+                rows.append(_one(workdir, phase, cdir.name, n, current.setdefault(cdir.name, {})))
     return rows
 
 
-def _one(workdir: Path, phase: str, config: str, note: str) -> dict:
+def _one(workdir: Path, phase: str, config: str, note: str, current: dict | None = None) -> dict:
     ldir = records.log_dir(workdir, phase, config, note)
     lock = records.lock_path(workdir, phase, config, note)
     row = {"phase": phase, "config": config, "note": note}
@@ -84,6 +92,15 @@ def _one(workdir: Path, phase: str, config: str, note: str) -> dict:
                     + (f": {h['command']}" if h.get("command") else ""))
     rec = records.read_record(ldir)
     if rec is not None:
+        redo = f"fsa-lt {PHASE_VERBS[phase]} / run"
+        problem = records.outputs_problem(workdir, rec)
+        if problem:
+            return dict(row, state="damaged", detail=f"{problem}; redo it with --force ({redo} with the same "
+                                                      f"settings); it had {_finished(rec, phase)}")
+        problem = records.inputs_problem(workdir, rec, current)
+        if problem:
+            return dict(row, state="stale", detail=f"{problem}; the command that made it redoes it ({redo} with "
+                                                    f"the same settings); it had {_finished(rec, phase)}")
         return dict(row, state="finished", detail=_finished(rec, phase))
     started = (ldir / records.PENDING).is_file() or \
         (phase == "phase_i" and (workdir / "checkpoints" / phase / config / note / "last.pt").is_file())

@@ -389,7 +389,7 @@ def visualize(cfg, note: str, workdir=".", device=None, per_class: int = 4, max_
     workdir = Path(workdir)
     dev = resolve_device(device)
     folder = workdir / "feature" / cfg.name / note
-    rec_i = upstream_record(workdir, "phase_i", cfg, note)  # finished Phase I and II with these settings
+    rec_i = upstream_record(workdir, "phase_i", cfg, note, consumer="phase_iii")  # finished I and II, these settings
     upstream_record(workdir, "phase_ii", cfg, note, {"phase_i": rec_i})
     index = store.read_index(folder)
     out = figures_dir(workdir, cfg.name, note)

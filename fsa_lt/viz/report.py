@@ -6,16 +6,24 @@ into ``<workdir>/log/run/<config>/<note>/``
     curves.png               Phase I test top-1 and training loss by epoch, Phase III test
                              top-1 by iteration, one line per run (seed)
     per_class_accuracy.png   per-class test accuracy of Phase I and Phase III (and the
-                             No-Aug control when it ran) against training-set size
+                             No-Aug control when it ran) against training-set size; with
+                             several runs behind a row, the mean over them (the legend says
+                             over how many)
     confusion_matrices.png   row-normalised confusion matrices before (Phase I) and after
-                             (Phase III, FSA); per-cell numbers only for K <= 50
+                             (Phase III, FSA) of one run, named when the summary has several;
+                             per-cell numbers only for K <= 50
     confusing_classes.png    graph of the tail classes and their confusing classes
     report.html              the summary table, these figures (and the Phase II figures
                              of `fsa-lt visualize` when they exist) as data: URIs, the
                              resolved configs and the versions; no external resource
 
 and adds the figures (images tab), the summary scalars and the table (text tab) to
-TensorBoard under ``<workdir>/run_summary/run/<config>/<note>/``.
+TensorBoard under ``<workdir>/run_summary/run/<config>/<note>/`` (a report is one picture of the
+summary, so writing it again replaces the earlier event file instead of adding one).
+
+A summary with a suffix (``summary-<variant>+seeds0-1.json``, see `fsa_lt.phases.pipeline.
+summary_suffix`) has its own report and figures with the same suffix (``report-<variant>+seeds0-1
+.html``), and its TensorBoard record in ``report<suffix>/`` below the note's.
 
 The confusion matrices are read from ``metrics.json`` (key ``confusion_matrix``, or
 ``final.confusion_matrix``) when a phase saved them; otherwise they are computed by
@@ -264,14 +272,25 @@ def _notes(summary: dict | None, note: str) -> dict:
                         for m in members]}
 
 
+def _mean_per_class(lists: list) -> list | None:
+    """The per-class mean over runs (None for a class no run has a value for)."""
+    if not lists:
+        return None
+    a = np.array([[np.nan if v is None else float(v) for v in pc] for pc in lists], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        seen = ~np.isnan(a)
+        mean = np.where(seen.any(0), np.nansum(a, 0) / np.maximum(seen.sum(0), 1), np.nan)
+    return [None if np.isnan(v) else float(v) for v in mean]
+
+
 def run_figures(workdir, config: str, note: str, device=None, compute_confusion: bool = True,
-                print_fn=print) -> tuple[list[dict], list[str]]:
+                print_fn=print, suffix: str = "") -> tuple[list[dict], list[str]]:
     """The run plots as PNG bytes: [{name, title, caption, png}], and what could not be made."""
     from ..engine.run import resolve_device
     from ..phases import store
 
     workdir = Path(workdir)
-    summary = _read_json(workdir / "log" / "run" / config / note / "summary.json")
+    summary = _read_json(workdir / "log" / "run" / config / note / f"summary{suffix}.json")
     cfg = _load_cfg(workdir, config, summary)
     notes = _notes(summary, note)
     folder = workdir / "feature" / config / notes["phase_i"]
@@ -291,7 +310,6 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     logs = {k: workdir / "log" / ph / config / n for k, ph, n in
             (("phase_i", "phase_i", notes["phase_i"]), ("phase_iii", "phase_iii", notes["fsa"]),
              ("control", "phase_iii", notes["control"]))}
-    metrics = {k: _read_json(p / "metrics.json") for k, p in logs.items()}
     figs, problems = [], []
 
     curves = _curves(workdir, config, notes)
@@ -300,28 +318,48 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     else:
         problems.append("training curves: no Phase I history found")
 
-    # per-class accuracy
-    series = []
+    # per-class accuracy: every run behind a row, averaged (the table's rows are means too)
+    members = notes["members"]
+    behind = {"phase_i": [("phase_i", m["note"]) for m in members],
+              "control": [("phase_iii", r) for m in members for r in m["control"]],
+              "phase_iii": [("phase_iii", r) for m in members for r in m["fsa"]]}
+    series, many = [], False
     for key, label in (("phase_i", "Phase I (plain training)"), ("control", "Phase III, No-Aug control"),
                        ("phase_iii", "Phase III, FSA")):
-        m = metrics[key]
-        if m and m.get("final") and m["final"].get("per_class") is not None:
-            series.append((label, m["final"]["per_class"]))
+        runs = behind[key] or [("phase_i" if key == "phase_i" else "phase_iii",
+                                notes[{"phase_i": "phase_i", "control": "control", "phase_iii": "fsa"}[key]])]
+        lists = []
+        for ph, n in runs:
+            m = _read_json(workdir / "log" / ph / config / n / "metrics.json")
+            if m and m.get("final") and m["final"].get("per_class") is not None:
+                lists.append(m["final"]["per_class"])
+        if lists:
+            many = many or len(lists) > 1
+            series.append((label + (f", mean of {len(lists)} runs" if len(lists) > 1 else ""), _mean_per_class(lists)))
     if series:
         fig = F.per_class_accuracy_figure(counts, series, head=head, names=names,
-                                          title=f"{config} / {note}: per-class test accuracy")
+                                          title=f"{config} / {note}: per-class test accuracy"
+                                                + (" (mean over the runs of each row)" if many else ""))
         figs.append({"name": "per_class_accuracy", "title": "Per-class accuracy against training-set size",
                      "caption": "Each point is one class; x: its training images (log scale, most frequent on the "
-                                "left), y: its test accuracy. The dashed line separates head and tail (h_r split).",
+                                "left), y: its test accuracy" + (", the mean over the runs behind the row (the legend "
+                                "says how many), as in the table" if many else "") + ". The dashed line separates "
+                                "head and tail (h_r split).",
                      "png": F.render_png(fig)})
     else:
         problems.append("per-class accuracy: no metrics.json with final.per_class")
 
-    # confusion matrices before / after
+    # confusion matrices before / after: of one run, named when the table stands on several
+    several = len(members) > 1 or any(len(m["fsa"]) > 1 for m in members)
+    one = ""
+    if several:
+        first = members[0]
+        seed = f"Phase I seed {first['seed']}, " if first.get("seed") is not None else ""
+        one = (f"one run of {len(behind['phase_iii'])}: {seed}Phase I {notes['phase_i']}, FSA {notes['fsa']}")
     mats = []
     dev = None
-    for key, ph, label in (("phase_i", "phase_i", "before: Phase I"),
-                           ("phase_iii", "phase_iii", "after: Phase III, FSA")):
+    for key, ph, label in (("phase_i", "phase_i", "before: Phase I" + (f" ({notes['phase_i']})" if several else "")),
+                           ("phase_iii", "phase_iii", "after: Phase III, FSA" + (f" ({notes['fsa']})" if several else ""))):
         cm = _saved_confusion(logs[key])
         if cm is None and compute_confusion:
             ck = workdir / "checkpoints" / ph / config / (notes["phase_i"] if ph == "phase_i" else notes["fsa"]) / "last.pt"
@@ -341,8 +379,10 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
             mats.append((label, cm))
     if mats:
         fig = F.confusion_figure(mats, counts, names=names)
-        figs.append({"name": "confusion_matrices", "title": "Confusion matrices before and after Phase III",
-                     "caption": "Rows: true class, columns: predicted class, each row in % of its test images; "
+        figs.append({"name": "confusion_matrices", "title": "Confusion matrices before and after Phase III"
+                     + (f" ({one})" if one else ""),
+                     "caption": (f"Of {one}, not the mean of the table's rows. " if one else "")
+                                + "Rows: true class, columns: predicted class, each row in % of its test images; "
                                 "classes sorted by training frequency (most frequent first), so the tail is at "
                                 "the bottom right." + (" Numbers in the cells for K <= 50." if K <= 50 else ""),
                      "png": F.render_png(fig)})
@@ -384,12 +424,17 @@ def _curves(workdir: Path, config: str, notes: dict) -> dict | None:
             "png": F.render_png(fig)}
 
 
-def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summary: dict | None) -> Path:
+def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summary: dict | None,
+                 suffix: str = "") -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
     from ..phases.summary import table
 
     log_dir = workdir / "run_summary" / "run" / config / note
+    if suffix:
+        log_dir = log_dir / f"report{suffix}"
+    # the report is one picture of the summary, not a time series: the earlier one goes
+    earlier = sorted(log_dir.glob("events.out.tfevents.*")) if log_dir.is_dir() else []
     w = SummaryWriter(log_dir=str(log_dir))
     try:
         for f in figs:
@@ -404,15 +449,18 @@ def _tensorboard(workdir: Path, config: str, note: str, figs: list[dict], summar
     finally:
         w.flush()
         w.close()
+    for f in earlier:
+        f.unlink(missing_ok=True)
     return log_dir
 
 
 def write_run_report(workdir, config: str, note: str, print_fn=print, device=None, compute_confusion: bool = True,
-                     tensorboard: bool = True) -> Path | None:
+                     tensorboard: bool = True, suffix: str = "") -> Path | None:
     """Write the run plots, report.html and the TensorBoard record of a run; returns report.html's path.
 
     device: where the confusion matrices are computed when no phase saved them (default:
     CUDA when available).  Under torchrun only rank 0 writes (other ranks return None).
+    suffix: that of the summary to show (``summary<suffix>.json``); its files carry it too.
     """
     from ..engine import distributed as dist
     from ..engine.io import write_bytes, write_text
@@ -421,15 +469,19 @@ def write_run_report(workdir, config: str, note: str, print_fn=print, device=Non
         return None
     workdir = Path(workdir)
     out = workdir / "log" / "run" / config / note
-    summary = _read_json(out / "summary.json")
-    figs, problems = run_figures(workdir, config, note, device, compute_confusion, print_fn)
+    summary = _read_json(out / f"summary{suffix}.json")
+    figs, problems = run_figures(workdir, config, note, device, compute_confusion, print_fn, suffix=suffix)
     for f in figs:
-        write_bytes(out / f"{f['name']}.png", f["png"])
+        write_bytes(out / f"{f['name']}{suffix}.png", f["png"])
     first = _notes(summary, note)["phase_i"]
     p2 = _phase_ii_figures(workdir, config, first)
     env = _read_json(workdir / "log" / "phase_i" / config / first / "environment.json")
     configs = (summary or {}).get("configs") or {}
     intro = f"Feature Space Augmentation (fsa-lt) run {config} / {note}."
+    if summary and summary.get("phase_i_seed_values") is not None:
+        intro += (f" {'Phase III variant ' + summary['variant'] if summary.get('variant') else 'Default Phase III'}; "
+                  f"Phase I seeds {', '.join(map(str, summary['phase_i_seed_values']))}; Phase III seeds "
+                  + "; ".join(", ".join(map(str, v)) for v in summary.get("phase_iii_seed_values") or []) + ".")
     c3 = configs.get("phase_iii")
     if c3:
         d = c3["dataset"]
@@ -439,11 +491,11 @@ def write_run_report(workdir, config: str, note: str, print_fn=print, device=Non
                   f"n_a {c3['finetune']['n_a']});"
                   f" tau_s {c3['extract']['tau_s']}, tau_g {c3['extract']['tau_g']}, h_r {c3['extract']['h_r']}.")
     intro += f" Report written {datetime.datetime.now().isoformat(timespec='seconds')}."
-    page = build_html(f"fsa-lt run report: {config} / {note}", intro, summary, figs, p2, configs, env, problems,
-                      compare=_read_json(out / "compare.json"))
-    path = write_text(out / "report.html", page)
+    page = build_html(f"fsa-lt run report: {config} / {note}{' (' + suffix + ')' if suffix else ''}", intro, summary,
+                      figs, p2, configs, env, problems, compare=_read_json(out / "compare.json") if not suffix else None)
+    path = write_text(out / f"report{suffix}.html", page)
     if tensorboard:
-        _tensorboard(workdir, config, note, figs + p2, summary)
+        _tensorboard(workdir, config, note, figs + p2, summary, suffix)
     for p in problems:
         print_fn(f"[report] not shown: {p}")
     print_fn(f"[report] {path}")
