@@ -166,9 +166,12 @@ def test_a_variant_summary_is_a_file_of_its_own_that_names_it(finished, fake_cif
 
 def test_seed_lists_write_their_own_summaries_and_the_figures_say_what_they_show(fake_cifar10, tmp_path, capsys,
                                                                                 monkeypatch):
-    c = ["--config", NAME, "--note", "d", "--workdir", tmp_path, "--device", "cpu"]
-    assert _cli(capsys, "demo", *c, "--seeds", "0", *_ov(fake_cifar10))[0] == 0
-    out = tmp_path / "log/run" / NAME / "d"
+    # the digits demo: its --seeds are Phase I seeds, each end to end (the CIFAR demo's are Phase III seeds)
+    name = "digits-LT_resnet20"
+    quick = ["train.epochs=1", "finetune.iterations=20", "finetune.eval_every=10", "finetune.save_every=20"]
+    c = ["--config", name, "--note", "d", "--workdir", tmp_path, "--device", "cpu"]
+    assert _cli(capsys, "demo", *c, "--seeds", "0", *quick)[0] == 0
+    out = tmp_path / "log/run" / name / "d"
     one = (out / "summary+seeds0.md").read_text()
     from fsa_lt.viz import figures as F
     from fsa_lt.viz import report
@@ -181,7 +184,7 @@ def test_seed_lists_write_their_own_summaries_and_the_figures_say_what_they_show
         return real(counts, series, **kw)
 
     monkeypatch.setattr(F, "per_class_accuracy_figure", keep)
-    assert _cli(capsys, "demo", *c, "--seeds", "0", "1", *_ov(fake_cifar10))[0] == 0
+    assert _cli(capsys, "demo", *c, "--seeds", "0", "1", *quick)[0] == 0
     assert (out / "summary+seeds0.md").read_text() == one  # the one-seed table is still there, as it was
     two = (out / "summary+seeds0-1.md").read_text()
     assert "Phase I seeds 0, 1" in two and "Phase I seed 0;" in one
@@ -190,7 +193,7 @@ def test_seed_lists_write_their_own_summaries_and_the_figures_say_what_they_show
     series = dict(shown["series"])
 
     def per_class(phase, note):
-        return json.loads((tmp_path / "log" / phase / NAME / note / "metrics.json").read_text())["final"]["per_class"]
+        return json.loads((tmp_path / "log" / phase / name / note / "metrics.json").read_text())["final"]["per_class"]
 
     want = {"Phase I (plain training), mean of 2 runs": [per_class("phase_i", f"d-s{s}") for s in (0, 1)],
             "Phase III, No-Aug control, mean of 2 runs": [per_class("phase_iii", f"d-s{s}-noaug") for s in (0, 1)],
@@ -201,7 +204,7 @@ def test_seed_lists_write_their_own_summaries_and_the_figures_say_what_they_show
         np.testing.assert_allclose(np.array([np.nan if v is None else v for v in series[label]], dtype=float),
                                    np.nanmean(a, 0))
     # the confusion matrices are of one run, and say which
-    figs, _ = report.run_figures(tmp_path, NAME, "d", "cpu", suffix="+seeds0-1", print_fn=lambda *a: None)
+    figs, _ = report.run_figures(tmp_path, name, "d", "cpu", suffix="+seeds0-1", print_fn=lambda *a: None)
     cm = next(f for f in figs if f["name"] == "confusion_matrices")
     assert "Phase I seed 0" in cm["title"] and "d-s0" in cm["title"] and "not the mean" in cm["caption"]
     pc = next(f for f in figs if f["name"] == "per_class_accuracy")

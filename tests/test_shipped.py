@@ -85,12 +85,12 @@ def test_real_data_demo_end_to_end_on_generated_files(tiny_shipped, tmp_path, mo
                            data_root=root, train=False,
                            overrides=ov + ["finetune.iterations=20", "finetune.eval_every=10", "finetune.save_every=20"])
     assert pipeline.demo(args, print_fn=lines.append) == 0
-    s = json.loads((tmp_path / "log/run" / NAME / "demo/summary.json").read_text())
+    s = json.loads((tmp_path / "log/run" / NAME / "demo/summary+fs0-1.json").read_text())  # not the default 0 1 2
     keys = [r.get("key") for r in s["rows"]]
     assert keys == ["phase_i", "control", "fsa", "la_posthoc", "fsa_minus_control"]
     assert s["rows"][0]["top1"] == pytest.approx(rec["metrics"]["final"]["top1"])  # the shipped model's own figure
     assert any(line.startswith("[demo] FSA minus control, top-1, paired:") for line in lines)
-    assert (tmp_path / "log/run" / NAME / "demo/report.html").is_file()
+    assert (tmp_path / "log/run" / NAME / "demo/report+fs0-1.html").is_file()
 
 
 def test_without_cifar10_the_demo_says_why_and_runs_digits(tmp_path, monkeypatch):

@@ -112,7 +112,8 @@ def test_inaturalist_has_no_validation_split():
 
 
 def test_no_validation_split_is_an_error_where_one_is_asked_for(root):
-    cfg = load_config("cifar10-LT_resnet32", "phase_iii", [f"dataset.root={root}", "dataset.download=false"])
+    cfg = load_config("cifar10-LT_resnet32", "phase_iii", [f"dataset.root={root}", "dataset.download=false",
+                                                           "dataset.validation=false"])
     with pytest.raises(DataError, match="no validation split"):
         build_dataset(cfg, "val")
 
