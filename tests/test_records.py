@@ -415,11 +415,11 @@ def test_float16_store_refuses_maps_beyond_its_range():
     x = torch.rand(6, 2, 2, 2) + 0.5
     loader = [(x, torch.tensor([0, 1, 2, 0, 1, 2]))]
     with pytest.raises(ConfigError, match="beyond float16's range.*extract.dtype=float32"):
-        phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), False, True, torch.float16)
-    out = phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), False, True, torch.float32)
+        phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), True, torch.float16)
+    out = phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), True, torch.float32)
     assert torch.isfinite(out["fmaps"]).all()
     with pytest.raises(DataError, match="non-finite feature maps"):
-        phase_ii.forward_store(Big(float("inf")), loader, torch.device("cpu"), False, False)
+        phase_ii.forward_store(Big(float("inf")), loader, torch.device("cpu"), False)
 
 
 # ----------------------------------------------------------------------------- 9, 11

@@ -277,12 +277,12 @@ def test_forward_store_sink_gets_every_batch_and_keeps_nothing():
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     loader = [(x[:4], y[:4]), (x[4:], y[4:])]
     got, net = [], Net()
-    out = phase_ii.forward_store(net, loader, torch.device("cpu"), False, True, torch.float16,
+    out = phase_ii.forward_store(net, loader, torch.device("cpu"), True, torch.float16,
                                  sink=lambda f, c, lab: got.append((f, c, lab)))
     assert "fmaps" not in out and out["labels"].tolist() == y.tolist()
     assert [g[0].shape[0] for g in got] == [4, 6] and all(g[0].dtype == torch.float16 for g in got)
     assert torch.equal(torch.cat([g[0] for g in got]), x.half())
-    ref = phase_ii.forward_store(net, loader, torch.device("cpu"), False, True, torch.float16)
+    ref = phase_ii.forward_store(net, loader, torch.device("cpu"), True, torch.float16)
     assert torch.equal(ref["cams"], torch.cat([g[1] for g in got]))
 
 
