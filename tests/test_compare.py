@@ -102,6 +102,7 @@ def test_saved_classifiers_follow_their_formulas(compared):
     assert not torch.allclose(st["fc.weight"].double(), W, atol=1e-3)
 
 
+@pytest.mark.precision
 def test_test_mode_of_each_method_reproduces_its_final_metrics(compared):
     wd, _, root = compared
     for method, key in (("tau_norm", "c-tau-norm-fs0"), ("lws", "c-lws-fs0"), ("la_posthoc", "c-la-posthoc-fs0")):
@@ -111,6 +112,7 @@ def test_test_mode_of_each_method_reproduces_its_final_metrics(compared):
         assert m["top1"] == pytest.approx(_metrics(wd, key)["final"]["top1"])
 
 
+@pytest.mark.precision
 def test_fsa_and_baselines_on_a_cosine_phase_i(fake_cifar10, tmp_path):
     """LDAM-DRW's head: FSA's CAMs use the normalised class weights; a per-class scale or offset
     that a cosine head cannot hold is saved beside it and applied in test mode."""

@@ -472,6 +472,7 @@ def test_resume_across_a_learning_rate_drop_equals_uninterrupted(fake_cifar10, t
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.mark.precision
 def test_stored_maps_are_the_eval_mode_forward_of_the_phase_i_model(finished, fake_cifar10):
     from fsa_lt.data import build_dataset
     from fsa_lt.models import create_model
