@@ -530,3 +530,19 @@ def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     assert "## seed 0 (sd-s0)" in md and "## seed 1 (sd-s1)" in md and "2 Phase I seeds (0, 1" in md
     html = (tmp_path / "log/run" / NAME / "sd/report.html").read_text()
     assert "seed 1 (sd-s1)" in html and 'id="curves"' in html
+
+
+def test_a_list_setting_that_grew_or_shrank_is_a_change(finished, fake_cifar10):
+    """train.milestones [160] -> [160, 180] is another schedule: compared element by element and by length."""
+    one = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT, "train.milestones=[160]", "train.lr_factors=[0.01]"))
+    two = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT, "train.milestones=[160,180]",
+                                           "train.lr_factors=[0.01,0.0001]"))
+    assert records.config_diff(one.to_dict(), two.to_dict(), "phase_i") == [
+        "train.lr_factors: [0.01] -> [0.01, 0.0001]", "train.milestones: [160] -> [160, 180]"]
+    assert records.config_diff(two.to_dict(), one.to_dict(), "phase_i") == [
+        "train.lr_factors: [0.01, 0.0001] -> [0.01]", "train.milestones: [160, 180] -> [160]"]
+    assert records.config_diff(two.to_dict(), two.to_dict(), "phase_i") == []
+    # the finished run has the config's [160, 180]: a shorter list is refused with the key
+    assert load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT)).train.milestones == [160, 180]
+    with pytest.raises(ConfigError, match=r"train.milestones: \[160, 180\] -> \[160\]"):
+        records.inspect_phase(finished, "phase_i", one, "r1")
