@@ -57,16 +57,22 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("fast", ["on", "off"])
-def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, monkeypatch, fast):
+@pytest.mark.parametrize("fast,workers,resumed_workers", [("on", 0, 0), ("off", 0, 0), ("off", 2, 2), ("off", 0, 2)])
+def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, monkeypatch, fast, workers,
+                                                      resumed_workers):
+    """Bit for bit, on the device loader and on the DataLoader path, there with worker processes
+    too (each epoch's augmentation is a function of the seed and the epoch, not of the epochs
+    before it in the process), and with another number of workers (dataset.num_workers is not a
+    setting of the result)."""
     extra = ["train.epochs=3", "train.deterministic=true", f"train.fast_path={fast}"]
-    phase_i.train(_cfg(fake_cifar10, *extra), "straight", tmp_path, "cpu")
+    phase_i.train(_cfg(fake_cifar10, *extra, f"dataset.num_workers={workers}"), "straight", tmp_path, "cpu")
 
+    later = _cfg(fake_cifar10, *extra, f"dataset.num_workers={resumed_workers}")
     with interrupted_phase_i(monkeypatch, epoch=3):
-        phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu")
+        phase_i.train(later, "resumed", tmp_path, "cpu")
     ck = tmp_path / "checkpoints" / "phase_i" / NAME
     assert load_checkpoint(ck / "resumed" / "last.pt")["epoch"] == 2
-    phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu", resume=True)
+    phase_i.train(later, "resumed", tmp_path, "cpu", resume=True)
     a, b = _weights(ck / "straight" / "last.pt"), _weights(ck / "resumed" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
