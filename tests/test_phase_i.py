@@ -82,6 +82,30 @@ def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, mo
     assert ma["final"] == mb["final"] and ma["history"] == mb["history"]
 
 
+def test_drw_weights_the_loss_from_train_drw_epoch_on(fake_cifar10, tmp_path, monkeypatch):
+    """train.drw_epoch=2 (0-based) of 3 epochs: the loss Phase I trains epochs 0 and 1 with is plain
+    cross-entropy, epoch 2's the class-balanced weighted mean (cb_beta 0.99), by hand on a fixed batch."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(12, 10, generator=g, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 2, 4, 6, 7, 8, 9, 9])
+    seen, real = [], phase_i.train_epoch
+
+    def spy(model, loader, optimizer, scheduler, loss_fn, *a, **k):
+        seen.append(float(loss_fn(z.float(), y)))  # the loss as this epoch starts
+        return real(model, loader, optimizer, scheduler, loss_fn, *a, **k)
+
+    monkeypatch.setattr(phase_i, "train_epoch", spy)
+    phase_i.train(_cfg(fake_cifar10, "train.epochs=3", "train.drw_epoch=2", "train.cb_beta=0.99"), "drw", tmp_path, "cpu")
+    n = np.array([int(60 * 0.1 ** (i / 9)) for i in range(10)], dtype=np.float64)  # the IR-10 fake set
+    w = (1 - 0.99) / (1 - 0.99 ** n)
+    w = torch.as_tensor(w / w.sum() * 10)[y]
+    per_sample = -torch.log_softmax(z, 1)[torch.arange(12), y]
+    plain, weighted = float(per_sample.mean()), float((w * per_sample).sum() / w.sum())
+    assert abs(plain - weighted) > 0.05
+    assert seen == pytest.approx([plain, plain, weighted], rel=1e-5)
+
+
 def test_resume_from_corrupt_checkpoint_is_a_clear_error(fake_cifar10, tmp_path):
     cfg = _cfg(fake_cifar10, "train.epochs=1")
     ck = tmp_path / "checkpoints" / "phase_i" / NAME / "c"
