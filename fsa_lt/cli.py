@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_report(workdir, config: str, note: str, print_fn=print, device=None) -> None:
+    """The HTML report of `fsa-lt run` / `compare` / `demo` (the pipeline calls it when done)."""
+    from .viz.report import write_run_report
+
+    write_run_report(workdir, config, note, print_fn=print_fn, device=device)
+
+
 def dispatch(args) -> int:
     from .config import load_config
 
@@ -151,15 +158,16 @@ def dispatch(args) -> int:
         from .phases import pipeline
 
         pipeline.compare(args.config, args.note, args.workdir, args.device, args.overrides, methods=args.methods,
-                         force=args.force, phase_iii_seeds=args.phase_iii_seeds)
+                         force=args.force, phase_iii_seeds=args.phase_iii_seeds, report=run_report)
         return 0
     if cmd in ("run", "demo"):
         from .phases import pipeline
 
         if cmd == "demo":
-            return pipeline.demo(args)
+            return pipeline.demo(args, report=run_report)
         pipeline.run(args.config, args.note, args.workdir, args.device, args.overrides, force=args.force,
-                     control=args.control, resume=args.resume, seeds=args.seeds, phase_iii_seeds=args.phase_iii_seeds)
+                     control=args.control, resume=args.resume, seeds=args.seeds, phase_iii_seeds=args.phase_iii_seeds,
+                     report=run_report)
         return 0
     if cmd == "data":
         from .data.profile import run_profile

@@ -24,9 +24,9 @@ def _ov(root, *extra):
 @pytest.fixture(scope="module")
 def compared(fake_cifar10, tmp_path_factory):
     wd = tmp_path_factory.mktemp("cmp")
-    pipeline.run(NAME, "c", wd, "cpu", _ov(fake_cifar10), control=True, print_fn=lambda *a: None)
+    pipeline.run(NAME, "c", wd, "cpu", _ov(fake_cifar10), control=True, print_fn=lambda *a: None, report=cli.run_report)
     payload = pipeline.compare(NAME, "c", wd, "cpu", _ov(fake_cifar10), methods=ALL, phase_iii_seeds=[0, 1],
-                               print_fn=lambda *a: None)
+                               print_fn=lambda *a: None, report=cli.run_report)
     return wd, payload, fake_cifar10
 
 
@@ -189,7 +189,7 @@ def test_a_variant_comparison_is_its_own_table(compared):
     out = wd / "log/run" / NAME / "c"
     before = {f: (out / f).read_bytes() for f in ("compare.md", "compare.json", "report.html")}
     got = pipeline.compare(NAME, "c", wd, "cpu", _ov(root, "phase_iii.finetune.variant=v"), methods="tau-norm",
-                           phase_iii_seeds=[0], print_fn=lambda *a: None)
+                           phase_iii_seeds=[0], print_fn=lambda *a: None, report=cli.run_report)
     assert {f: (out / f).read_bytes() for f in before} == before  # the default table and report untouched
     md = (out / "compare-v.md").read_text()
     assert "(Phase III variant v)" in md and json.loads((out / "compare-v.json").read_text())["variant"] == "v"

@@ -513,7 +513,7 @@ def test_gamma_is_uniform_over_rows():
 
 def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     payload = pipeline.run(NAME, "sd", tmp_path, "cpu", _ov(fake_cifar10, *SHORT), control=True, seeds=[0, 1],
-                           print_fn=lambda *a: None)
+                           print_fn=lambda *a: None, report=cli.run_report)
     assert [m["note"] for m in payload["members"]] == ["sd-s0", "sd-s1"] and payload["seeds"] == [0, 1]
     for s in (0, 1):  # each member trained with its seed, on the same long-tailed subset
         rec = records.read_record(tmp_path / "log/phase_i" / NAME / f"sd-s{s}")

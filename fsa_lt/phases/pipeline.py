@@ -12,6 +12,10 @@ gives mean ± std wherever more than one run stands behind a row, and FSA minus 
 paired run by run (the same Phase I model and Phase III seed).
 
 `fsa-lt demo`: the same on scikit-learn's bundled digits made long-tailed (no download).
+
+The HTML report is the caller's: `report` is a callable ``report(workdir, config, note,
+print_fn=..., device=...)`` (the command line hands in `fsa_lt.viz.report.write_run_report`),
+so this module never imports the figures that are built on it.
 """
 from __future__ import annotations
 
@@ -180,10 +184,10 @@ def _evidence(workdir: Path, config: str, members: list[Member]) -> dict:
 
 
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
-        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
+        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report=None) -> dict:
     """Run (or reuse, or resume) every phase, then write ``log/run/<config>/<note>/summary.md|json``
-    and the report. `resume` is accepted for symmetry with `fsa-lt train --resume`: an interrupted
-    run with the same settings is always resumed."""
+    and, through `report` (None: no report), the report. `resume` is accepted for symmetry with
+    `fsa-lt train --resume`: an interrupted run with the same settings is always resumed."""
     workdir = Path(workdir)
     overrides = list(overrides or [])
     seeds = check_seeds(seeds, "--seeds")
@@ -201,7 +205,7 @@ def run(config: str, note: str, workdir=".", device=None, overrides=None, force:
 
 
 def compare(config: str, note: str, workdir=".", device=None, overrides=None, methods="fsa,no-aug", force: bool = False,
-            phase_iii_seeds=None, print_fn=print, report: bool = True) -> dict:
+            phase_iii_seeds=None, print_fn=print, report=None) -> dict:
     """FSA beside the baselines over one finished Phase I: each method of `methods` as a Phase III
     run (over `phase_iii_seeds`), Phase II made if missing; writes ``compare.md|json`` beside the
     run's summary and a section of its report (a `finetune.variant` writes ``compare-<variant>.md|json``
@@ -251,17 +255,22 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
         write_json(out / f"{stem}.json", payload)
     print_fn("\n" + text)
     if report and not c.finetune.variant and dist.is_main() and (out / "summary.json").is_file():
-        try:
-            from ..viz.report import write_run_report
-
-            write_run_report(workdir, config, note, print_fn=print_fn, device=device)
-        except Exception as exc:  # a report problem must not fail a finished comparison
-            print_fn(f"[compare] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        write_report(report, workdir, config, note, print_fn, device, "compare")
     return payload
 
 
+def write_report(report, workdir: Path, config: str, note: str, print_fn, device, what: str) -> None:
+    """Call `report` (see the module's docstring); a report problem must not fail a finished run."""
+    try:
+        report(workdir, config, note, print_fn=print_fn, device=device)
+    except ImportError as exc:  # a missing optional package (matplotlib): say so, carry on
+        print_fn(f"[{what}] report not written: {exc}")
+    except Exception as exc:
+        print_fn(f"[{what}] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
 def write_summary(workdir: Path, config: str, note: str, members: list[Member], times: dict, overrides: list[str],
-                  print_fn=print, device=None, report: bool = True) -> dict:
+                  print_fn=print, device=None, report=None) -> dict:
     from ..engine import distributed as dist
 
     per = [member_rows(workdir, config, m) for m in members]
@@ -307,23 +316,16 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
         write_json(out / "summary.json", payload)
     print_fn("\n" + text)
     if report and dist.is_main():
-        try:
-            from ..viz.report import write_run_report
-
-            write_run_report(workdir, config, note, print_fn=print_fn, device=device)
-        except ImportError:
-            pass
-        except Exception as exc:  # a report problem must not fail a finished run
-            print_fn(f"[run] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        write_report(report, workdir, config, note, print_fn, device, "run")
     return payload
 
 
-def demo(args) -> int:
+def demo(args, report=None) -> int:
     """Digits, long-tailed, ResNet-20: Phase I, II, III and the control over a few seeds, minutes on 2 CPU cores."""
     config = args.config or "digits-LT_resnet20"
     seeds = args.seeds if getattr(args, "seeds", None) is not None else [0, 1, 2]
     payload = run(config, args.note, args.workdir, args.device or "cpu", args.overrides, force=args.force, control=True,
-                  seeds=seeds)
+                  seeds=seeds, report=report)
     diff = next(r for r in payload["rows"] if r.get("key") == "fsa_minus_control")
     top1, std, n = diff.get("top1"), diff.get("top1_std"), diff.get("n")
     if top1 is not None:
@@ -341,4 +343,4 @@ def demo(args) -> int:
     return 0
 
 
-__all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "preflight", "ARMS"]
+__all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "write_report", "preflight", "ARMS"]

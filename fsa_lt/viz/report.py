@@ -1,6 +1,7 @@
 """The run report: plots of a finished `fsa-lt run` and one self-contained HTML page.
 
-`write_run_report(workdir, config, note)` (called by `fsa_lt.phases.pipeline.run`) writes
+`write_run_report(workdir, config, note)` (the command line hands it to `fsa_lt.phases.pipeline`'s
+`run` and `compare`, which call it when done) writes
 into ``<workdir>/log/run/<config>/<note>/``
 
     curves.png               Phase I test top-1 and training loss by epoch, Phase III test
