@@ -13,6 +13,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (minutes each: real CIFAR-10 training, kill -9 fault "
+                          "injection, the benchmark scripts' end-to-end runs); .ci/run does, as a second step")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are skipped, with the way to run them, unless --slow."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: python -m pytest -m slow --slow runs it (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config):
     """Which precision path the suite's runs take: FSA_AMP_CPU=always runs the bf16 path that a CPU
     with native bf16 (or a GPU) runs, emulated where this CPU has none (README, "Test")."""

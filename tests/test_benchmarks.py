@@ -70,6 +70,7 @@ def test_bench_quick_real_files(bench, fake_cifar10, tmp_path, capsys):
     assert {r["phase"] for r in res["rows"]} == {"I", "III"}
 
 
+@pytest.mark.slow  # two Phase I runs of two epochs each through the benchmark
 def test_bench_end_to_end_quick(bench, fake_cifar10, tmp_path, capsys):
     out = tmp_path / "e.json"
     assert bench.main(["--device", "cpu", "--quick", "--end-to-end", "--models", "resnet20", "--epochs", "2",
@@ -168,6 +169,7 @@ def test_reproduce_dry_scales_the_schedules(fake_cifar10):
     assert "train.epochs=200" in r.stdout and "milestones" not in r.stdout and "step_size" not in r.stdout
 
 
+@pytest.mark.slow  # the GPU reproduction script end to end, in subprocesses
 def test_reproduce_tiny_run(fake_cifar10, tmp_path):
     res = tmp_path / "results"
     r = _script(TINY=1, ONLY="r32", DATA_ROOT=fake_cifar10, EXTRA="dataset.imb_ratio=10",

@@ -45,6 +45,7 @@ def test_train_writes_seed_layout(fake_cifar10, tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.precision
 def test_test_mode_reproduces_final_metrics(fake_cifar10, tmp_path):
     cfg = _cfg(fake_cifar10, "train.epochs=1")
     res = phase_i.train(cfg, "t", tmp_path, "cpu")
@@ -154,6 +155,7 @@ def _real_cifar_root():
     return None
 
 
+@pytest.mark.slow  # about 3 minutes on 2 idle cores: three epochs over 12,406 real images
 @pytest.mark.skipif(_real_cifar_root() is None,
                     reason="FSA_DATA_ROOT does not hold real CIFAR-10 (python ../shared/tools/cifar10.py fetch DIR)")
 def test_real_cifar10_lt_beats_chance(tmp_path):
