@@ -110,6 +110,8 @@ def test_the_rule_is_in_every_runs_environment(bf16_run):
     for phase, note in (("phase_i", "p"), ("phase_ii", "p"), ("phase_iii", "p"), ("phase_iii", "p-lws")):
         env = json.loads((wd / "log" / phase / NAME / note / "environment.json").read_text())
         assert env["precision_rule"] == PRECISION_RULE, (phase, note)
+        rec = json.loads((wd / "log" / phase / NAME / note / "record.json").read_text())
+        assert rec["environment"]["precision_rule"] == PRECISION_RULE
         if phase == "phase_i":  # what trained, and that evaluation was fp32
             assert env["precision"].startswith("training bf16 autocast") and env["precision"].endswith("evaluation fp32")
         else:  # nothing of Phases II and III runs under autocast

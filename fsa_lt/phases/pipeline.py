@@ -14,8 +14,9 @@ paired run by run (the same Phase I model and Phase III seed).
 `fsa-lt demo`: the same on scikit-learn's bundled digits made long-tailed (no download).
 
 The HTML report is the caller's: `report` is a callable ``report(workdir, config, note,
-print_fn=..., device=...)`` (the command line hands in `fsa_lt.viz.report.write_run_report`),
-so this module never imports the figures that are built on it.
+print_fn=..., device=...)`` (the command line hands in one that calls
+`fsa_lt.viz.report.write_run_report`), so this module never imports the report, which is
+built on it.
 """
 from __future__ import annotations
 
