@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true",
-                     help="also run the tests marked slow (minutes each: real CIFAR-10 training, kill -9 fault "
-                          "injection, the benchmark scripts' end-to-end runs); .ci/run does, as a second step")
+                     help="also run the tests marked slow (real CIFAR-10 training, kill -9 fault injection, the "
+                          "torchrun checks, the benchmark scripts); .ci/run does, as a second step")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -58,13 +58,13 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("fast,workers,resumed_workers", [("on", 0, 0), ("off", 0, 0), ("off", 2, 2), ("off", 0, 2)])
+@pytest.mark.parametrize("fast,workers,resumed_workers", [("on", 0, 0), ("off", 0, 0), ("off", 0, 2)])
 def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, monkeypatch, fast, workers,
                                                       resumed_workers):
-    """Bit for bit, on the device loader and on the DataLoader path, there with worker processes
-    too (each epoch's augmentation is a function of the seed and the epoch, not of the epochs
-    before it in the process), and with another number of workers (dataset.num_workers is not a
-    setting of the result)."""
+    """Bit for bit, on the device loader and on the DataLoader path; there also when the
+    interrupted and resumed run read with 2 worker processes and the uninterrupted one with none
+    (each epoch's augmentation is a function of the seed and the epoch, not of the epochs before
+    it in the process, and dataset.num_workers is not a setting of the result)."""
     extra = ["train.epochs=3", "train.deterministic=true", f"train.fast_path={fast}"]
     phase_i.train(_cfg(fake_cifar10, *extra, f"dataset.num_workers={workers}"), "straight", tmp_path, "cpu")
 

@@ -393,6 +393,7 @@ def test_phase_iii_refuses_a_damaged_store_before_any_folder(finished, tmp_path,
     assert not list(w.rglob("*s-v*"))  # no output folder of the refused run
 
 
+@pytest.mark.slow  # the store benchmark script in a subprocess
 def test_store_scale_benchmark_smoke(tmp_path):
     """benchmarks/store_scale.py on a 10 MB store: the tables, the three cases, the targets, cleaned up."""
     d = tmp_path / "bench"
