@@ -14,7 +14,8 @@ Rows (see docs/BENCHMARKS.md):
   memory format, a textbook training loop); `--compile` adds the fast path under
   `torch.compile`.
 * Phase II extraction throughput (images/s): `fsa_lt.phases.phase_ii.forward_store` on the
-  device loader against a plain loop (DataLoader, fp32, no channels_last) doing the same work.
+  device loader against a plain loop (DataLoader, fp32, no channels_last) doing the same work;
+  both fp32 on every device (extraction never runs under autocast).
 * Phase III iterations/s in cached mode: `fsa_lt.method.build_batch` + a linear-layer SGD
   step against `PlainFSA`, a straightforward per-sample Python implementation of the
   same fusion (the "typical" implementation), on a synthetic feature store of the
@@ -294,13 +295,11 @@ def bench_phase_ii(args, ds, model_name, device):
     bs = args.extract_batch
     model = build(model_name, device, True)
     s = Stream(DeviceLoader(ds.data, ds.targets, bs, device, ds.mean, ds.std, train=False))
-    fast = []
-    for amp in cpu_precisions(args, device):
-        run = lambda n: forward_store(model, s.take(n), device, amp, keep_maps=True)  # noqa: E731
-        w = timed(lambda: run(args.warmup), device)
-        t = timed(lambda: run(args.extract_steps), device)
-        fast.append(row("II", model_name, "fast", "DeviceLoader", precision_label(device, amp), "channels_last",
-                        args.extract_steps, bs, t, w))
+    # Phase II is fp32 on every device (engine.trainer.PRECISION_RULE): one fast row
+    run = lambda n: forward_store(model, s.take(n), device, keep_maps=True)  # noqa: E731
+    w = timed(lambda: run(args.warmup), device)
+    t = timed(lambda: run(args.extract_steps), device)
+    fast = [row("II", model_name, "fast", "DeviceLoader", "fp32", "channels_last", args.extract_steps, bs, t, w)]
     ref_model = build(model_name, device, False)
     sr = Stream(data_loader(ds, cifar_eval_transform(ds.mean, ds.std), bs, args.num_workers, device, False, False))
     w = timed(lambda: plain_extract(ref_model, sr.take(args.warmup), device), device)
@@ -638,7 +637,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="on a CPU, also time the fast path under bf16 autocast beside fp32 (forced where the "
+                   help="on a CPU, also time Phase I's fast path under bf16 autocast beside fp32 (forced where the "
                         "CPU has no native bf16; the precision column says which)")
     p.add_argument("--compile-modes", default="default,reduce-overhead",
                    help="--compile: torch.compile modes, one row each (reduce-overhead adds CUDA graphs)")

@@ -87,6 +87,7 @@ def run_to_end(workdir: Path, fault: str | None = None, kill_after: float | None
 def count_writes(workdir: Path) -> list[str]:
     """What each file write of a whole run writes (its path), in order: the reference run with a
     count-only fault spec."""
+    from fsa_lt.cli import run_report
     from fsa_lt.engine import faults
     from fsa_lt.phases import pipeline
 
@@ -95,7 +96,8 @@ def count_writes(workdir: Path) -> list[str]:
     os.environ["FSA_LT_FAULT"] = "kill_in_write:0"  # counted, never due
     try:
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            pipeline.run(CONFIG, NOTE, workdir, "cpu", OVERRIDES, control=True, print_fn=lambda *a: None)
+            pipeline.run(CONFIG, NOTE, workdir, "cpu", OVERRIDES, control=True, print_fn=lambda *a: None,
+                         report=run_report)  # as `fsa-lt run` (the trials): the report's writes counted too
     finally:
         os.environ.pop("FSA_LT_FAULT", None)
     return [what for kind, what in faults.events if kind == "kill_in_write"]

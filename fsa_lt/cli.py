@@ -154,6 +154,13 @@ def check_workdir(path) -> None:
         raise ConfigError(f"--workdir {path}: {where}, not a folder")
 
 
+def run_report(workdir, config: str, note: str, print_fn=print, device=None, suffix: str = "") -> None:
+    """The HTML report of `fsa-lt run` / `compare` / `demo` (the pipeline calls it when done)."""
+    from .viz.report import write_run_report
+
+    write_run_report(workdir, config, note, print_fn=print_fn, device=device, suffix=suffix)
+
+
 def check_args(args) -> None:
     """What the command line itself gets wrong, before any config is read or anything made."""
     from .phases.records import check_note, check_phase_overrides
@@ -204,15 +211,17 @@ def dispatch(args) -> int:
         from .phases import pipeline
 
         pipeline.compare(args.config, args.note, args.workdir, args.device, args.overrides, methods=args.methods,
-                         force=args.force, phase_iii_seeds=args.phase_iii_seeds, seeds=args.seeds)
+                         force=args.force, phase_iii_seeds=args.phase_iii_seeds, seeds=args.seeds,
+                         report=run_report)
         return 0
     if cmd in ("run", "demo"):
         from .phases import pipeline
 
         if cmd == "demo":
-            return pipeline.demo(args)
+            return pipeline.demo(args, report=run_report)
         pipeline.run(args.config, args.note, args.workdir, args.device, args.overrides, force=args.force,
-                     control=args.control, resume=args.resume, seeds=args.seeds, phase_iii_seeds=args.phase_iii_seeds)
+                     control=args.control, resume=args.resume, seeds=args.seeds, phase_iii_seeds=args.phase_iii_seeds,
+                     report=run_report)
         return 0
     if cmd == "data":
         from .data.profile import run_profile

@@ -125,6 +125,8 @@ class TrainConfig:
     amp: bool = True
     # CPU without native bf16: "native" runs fp32 there; "always" forces emulated bf16 (slow:
     # about 10x slower than fp32 on a 2-core EPYC without it), for checking numerics only.
+    # $FSA_AMP_CPU (native | always), when set, replaces what the config files say; a command
+    # line override still wins (the test suite's switch: `FSA_AMP_CPU=always python -m pytest`).
     amp_cpu: Literal["native", "always"] = "native"
     # GPU-resident data path for in-memory data sets (CIFAR, digits): auto = when it applies.
     fast_path: Literal["auto", "on", "off"] = "auto"
@@ -528,6 +530,8 @@ def load_config(name_or_path: str, phase: str = "phase_i", overrides: list[str] 
     cfg = Config()
     for f in files:
         apply_mapping(cfg, _read_yaml(f), str(f))
+    if os.environ.get("FSA_AMP_CPU"):
+        apply_mapping(cfg, {"train": {"amp_cpu": os.environ["FSA_AMP_CPU"]}}, "environment variable FSA_AMP_CPU")
     for o in overrides or []:
         apply_override(cfg, o)
     validate(cfg, where=str(files[-1]) if not overrides else f"{files[-1]} (with overrides)")

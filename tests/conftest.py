@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # One thread: the tests are small, and two threads on a busy 2-core machine are many times slower.
 torch.set_num_threads(1)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (real CIFAR-10 training, kill -9 fault injection, the "
+                          "torchrun checks, the benchmark scripts); .ci/run does, as a second step")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are skipped, with the way to run them, unless --slow."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: python -m pytest -m slow --slow runs it (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    """Which precision path the suite's runs take: FSA_AMP_CPU=always runs the bf16 path that a CPU
+    with native bf16 (or a GPU) runs, emulated where this CPU has none (README, "Test")."""
+    from fsa_lt.engine.trainer import cpu_bf16_native
+
+    forced = os.environ.get("FSA_AMP_CPU") or "unset"
+    native = cpu_bf16_native() or "none"
+    return f"fsa-lt precision: FSA_AMP_CPU={forced}; native bf16 on this CPU: {native}"
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ def _script(*args, **env):
 
 
 # ----------------------------------------------------------------------------- bench.py
+@pytest.mark.slow  # the speed benchmark over three phases
 def test_bench_quick_synthetic(bench, tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench.main(["--device", "cpu", "--quick", "--models", "resnet20", "--num-workers", "0",
@@ -61,6 +62,7 @@ def test_bench_quick_synthetic(bench, tmp_path, capsys):
     assert {r["unit"] for r in res["rows"] if r["phase"] == "III"} == {"it/s"}
 
 
+@pytest.mark.slow  # the speed benchmark on the generated CIFAR files
 def test_bench_quick_real_files(bench, fake_cifar10, tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench.main(["--device", "cpu", "--quick", "--models", "resnet20", "--num-workers", "0", "--phases", "1,3",
@@ -70,6 +72,7 @@ def test_bench_quick_real_files(bench, fake_cifar10, tmp_path, capsys):
     assert {r["phase"] for r in res["rows"]} == {"I", "III"}
 
 
+@pytest.mark.slow  # two Phase I runs of two epochs each through the benchmark
 def test_bench_end_to_end_quick(bench, fake_cifar10, tmp_path, capsys):
     out = tmp_path / "e.json"
     assert bench.main(["--device", "cpu", "--quick", "--end-to-end", "--models", "resnet20", "--epochs", "2",
@@ -152,6 +155,7 @@ def test_reproduce_needs_data(tmp_path):
     assert r.returncode == 2 and "cifar-10-batches-py" in r.stderr
 
 
+@pytest.mark.slow  # the reproduction script, twice, in subprocesses
 def test_reproduce_dry_scales_the_schedules(fake_cifar10):
     r = _script("--dry", DATA_ROOT=fake_cifar10, EPOCHS_R32=100, EPOCHS_R18=40, ITERS=800, DEVICE="cpu")
     assert r.returncode == 0, r.stderr
@@ -168,6 +172,7 @@ def test_reproduce_dry_scales_the_schedules(fake_cifar10):
     assert "train.epochs=200" in r.stdout and "milestones" not in r.stdout and "step_size" not in r.stdout
 
 
+@pytest.mark.slow  # the GPU reproduction script end to end, in subprocesses
 def test_reproduce_tiny_run(fake_cifar10, tmp_path):
     res = tmp_path / "results"
     r = _script(TINY=1, ONLY="r32", DATA_ROOT=fake_cifar10, EXTRA="dataset.imb_ratio=10",

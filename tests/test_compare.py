@@ -28,9 +28,9 @@ def _ov(root, *extra):
 @pytest.fixture(scope="module")
 def compared(fake_cifar10, tmp_path_factory):
     wd = tmp_path_factory.mktemp("cmp")
-    pipeline.run(NAME, "c", wd, "cpu", _ov(fake_cifar10), control=True, print_fn=lambda *a: None)
+    pipeline.run(NAME, "c", wd, "cpu", _ov(fake_cifar10), control=True, print_fn=lambda *a: None, report=cli.run_report)
     payload = pipeline.compare(NAME, "c", wd, "cpu", _ov(fake_cifar10), methods=ALL, phase_iii_seeds=[0, 1],
-                               print_fn=lambda *a: None)
+                               print_fn=lambda *a: None, report=cli.run_report)
     return wd, payload, fake_cifar10
 
 
@@ -214,6 +214,7 @@ def test_recipe_runs_as_planned(compared):
         assert f"{epochs} epochs x {n // 32} steps of 32" in m["recipe"]
 
 
+@pytest.mark.precision
 def test_test_mode_of_each_method_reproduces_its_final_metrics(compared):
     wd, _, root = compared
     for extra, key in ((["finetune.method=tau_norm"], "c-tau-norm-fs0"), (["finetune.method=lws"], "c-lws-fs0"),
@@ -225,6 +226,7 @@ def test_test_mode_of_each_method_reproduces_its_final_metrics(compared):
         assert m["top1"] == pytest.approx(_metrics(wd, key)["final"]["top1"])
 
 
+@pytest.mark.precision
 def test_fsa_and_baselines_on_a_cosine_phase_i(fake_cifar10, tmp_path):
     """LDAM-DRW's head: FSA's CAMs use the normalised class weights; a per-class scale or offset
     that a cosine head cannot hold is saved beside it and applied in test mode."""
@@ -308,7 +310,7 @@ def test_a_variant_comparison_is_its_own_table(compared):
     out = wd / "log/run" / NAME / "c"
     before = {f: (out / f).read_bytes() for f in ("compare.md", "compare.json", "report.html")}
     got = pipeline.compare(NAME, "c", wd, "cpu", _ov(root, "phase_iii.finetune.variant=v"), methods="tau-norm",
-                           phase_iii_seeds=[0], print_fn=lambda *a: None)
+                           phase_iii_seeds=[0], print_fn=lambda *a: None, report=cli.run_report)
     assert {f: (out / f).read_bytes() for f in before} == before  # the default table and report untouched
     md = (out / "compare-v.md").read_text()
     assert "(Phase III variant v)" in md and json.loads((out / "compare-v.json").read_text())["variant"] == "v"

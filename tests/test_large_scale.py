@@ -278,6 +278,7 @@ def ddp(data_root, tmp_path_factory):
     return work, proc.stdout
 
 
+@pytest.mark.slow  # a torchrun launch of 2 processes running 9 commands
 def test_ddp_phase_i_matches_single_within_tolerance(ddp, single):
     dwork, out = ddp
     swork = single[0]
@@ -316,6 +317,7 @@ def test_ddp_phase_i_matches_single_within_tolerance(ddp, single):
     assert abs(md["final"]["top1"] - ms["final"]["top1"]) <= 40.0
 
 
+@pytest.mark.slow  # the torchrun launch above
 def test_ddp_phase_ii_store_matches_single(ddp, data_root, tmp_path):
     dwork, _ = ddp
     # the same finished Phase I (checkpoints and record), extracted by one process
@@ -353,6 +355,7 @@ def test_ddp_phase_ii_store_matches_single(ddp, data_root, tmp_path):
     assert not torch.equal(p1["fc.weight"], p3["fc.weight"])
 
 
+@pytest.mark.slow  # the torchrun launch above
 def test_ddp_phase_iii_mapped_store_matches_in_memory(ddp):
     """Phase III under two gloo processes over the 2-shard store, memory-mapped (the shards
     stitched virtually, every rank mapping the same files) vs in memory: the same run, bit for bit."""
@@ -370,6 +373,7 @@ def test_ddp_phase_iii_mapped_store_matches_in_memory(ddp):
     assert ma["history"] == mb["history"] and ma["final"] == mb["final"]
 
 
+@pytest.mark.slow  # the torchrun launch above
 def test_ddp_resume_matches_uninterrupted(ddp):
     dwork, out = ddp
     assert "resumed from" in out and "at epoch 1" in out

@@ -325,3 +325,30 @@ def test_ce_with_cosine_and_drw_is_a_valid_config():
     c = load_config("cifar10-LT_resnet32", "phase_i", ["model.classifier=cosine", "train.drw_epoch=160"])
     fn = loss_from_config(c, COUNTS)
     assert type(fn) is AdjustedCrossEntropy and fn.drw_epoch == 160
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.loss=cb_ce"],
+    ["train.loss=cb_focal", "train.focal_gamma=2.0"],
+    ["train.loss=ce", "train.drw_epoch=3"],
+    ["train.loss=la", "train.drw_epoch=3"],
+])
+def test_loss_from_config_weights_classes_with_train_cb_beta(batch, overrides):
+    """train.cb_beta reaches the class-balanced losses and DRW: the loss a config builds is the
+    weighted formula at that beta, by hand (at LDAM-DRW's 0.9999 these weights are far apart)."""
+    cos, y = batch
+    logits = 7.0 * cos
+    beta = 0.9
+    cfg = load_config("cifar10-LT_resnet32", "phase_i", overrides + [f"train.cb_beta={beta}"])
+    fn = loss_from_config(cfg, COUNTS)
+    fn.set_epoch(3)  # DRW on from epoch 3; the others ignore the epoch
+    w = np_cb_weights(COUNTS, beta)[y]
+    assert not np.allclose(np_cb_weights(COUNTS, beta), np_cb_weights(COUNTS, 0.9999), rtol=0.1)
+    adj = logits + np.log(COUNTS / COUNTS.sum()) if "train.loss=la" in overrides else logits
+    per_sample = np_ce(adj, y)
+    if "train.loss=cb_focal" in overrides:  # -w_y (1 - p_y)^2 log p_y, averaged over the batch
+        p = np.exp(-per_sample)
+        expect = (w * (1 - p) ** 2 * -np.log(p)).mean()
+    else:  # sum_i w_yi l_i / sum_i w_yi
+        expect = _weighted_mean(per_sample, w)
+    assert fn(t(logits), t(y, torch.long)).item() == pytest.approx(expect, rel=1e-5)

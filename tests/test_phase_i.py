@@ -45,6 +45,7 @@ def test_train_writes_seed_layout(fake_cifar10, tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.precision
 def test_test_mode_reproduces_final_metrics(fake_cifar10, tmp_path):
     cfg = _cfg(fake_cifar10, "train.epochs=1")
     res = phase_i.train(cfg, "t", tmp_path, "cpu")
@@ -57,16 +58,22 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("fast", ["on", "off"])
-def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, monkeypatch, fast):
+@pytest.mark.parametrize("fast,workers,resumed_workers", [("on", 0, 0), ("off", 0, 0), ("off", 0, 2)])
+def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, monkeypatch, fast, workers,
+                                                      resumed_workers):
+    """Bit for bit, on the device loader and on the DataLoader path; there also when the
+    interrupted and resumed run read with 2 worker processes and the uninterrupted one with none
+    (each epoch's augmentation is a function of the seed and the epoch, not of the epochs before
+    it in the process, and dataset.num_workers is not a setting of the result)."""
     extra = ["train.epochs=3", "train.deterministic=true", f"train.fast_path={fast}"]
-    phase_i.train(_cfg(fake_cifar10, *extra), "straight", tmp_path, "cpu")
+    phase_i.train(_cfg(fake_cifar10, *extra, f"dataset.num_workers={workers}"), "straight", tmp_path, "cpu")
 
+    later = _cfg(fake_cifar10, *extra, f"dataset.num_workers={resumed_workers}")
     with interrupted_phase_i(monkeypatch, epoch=3):
-        phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu")
+        phase_i.train(later, "resumed", tmp_path, "cpu")
     ck = tmp_path / "checkpoints" / "phase_i" / NAME
     assert load_checkpoint(ck / "resumed" / "last.pt")["epoch"] == 2
-    phase_i.train(_cfg(fake_cifar10, *extra), "resumed", tmp_path, "cpu", resume=True)
+    phase_i.train(later, "resumed", tmp_path, "cpu", resume=True)
     a, b = _weights(ck / "straight" / "last.pt"), _weights(ck / "resumed" / "last.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -74,6 +81,30 @@ def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, mo
     ma = json.loads((tmp_path / "log/phase_i" / NAME / "straight/metrics.json").read_text())
     mb = json.loads((tmp_path / "log/phase_i" / NAME / "resumed/metrics.json").read_text())
     assert ma["final"] == mb["final"] and ma["history"] == mb["history"]
+
+
+def test_drw_weights_the_loss_from_train_drw_epoch_on(fake_cifar10, tmp_path, monkeypatch):
+    """train.drw_epoch=2 (0-based) of 3 epochs: the loss Phase I trains epochs 0 and 1 with is plain
+    cross-entropy, epoch 2's the class-balanced weighted mean (cb_beta 0.99), by hand on a fixed batch."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(12, 10, generator=g, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 2, 4, 6, 7, 8, 9, 9])
+    seen, real = [], phase_i.train_epoch
+
+    def spy(model, loader, optimizer, scheduler, loss_fn, *a, **k):
+        seen.append(float(loss_fn(z.float(), y)))  # the loss as this epoch starts
+        return real(model, loader, optimizer, scheduler, loss_fn, *a, **k)
+
+    monkeypatch.setattr(phase_i, "train_epoch", spy)
+    phase_i.train(_cfg(fake_cifar10, "train.epochs=3", "train.drw_epoch=2", "train.cb_beta=0.99"), "drw", tmp_path, "cpu")
+    n = np.array([int(60 * 0.1 ** (i / 9)) for i in range(10)], dtype=np.float64)  # the IR-10 fake set
+    w = (1 - 0.99) / (1 - 0.99 ** n)
+    w = torch.as_tensor(w / w.sum() * 10)[y]
+    per_sample = -torch.log_softmax(z, 1)[torch.arange(12), y]
+    plain, weighted = float(per_sample.mean()), float((w * per_sample).sum() / w.sum())
+    assert abs(plain - weighted) > 0.05
+    assert seen == pytest.approx([plain, plain, weighted], rel=1e-5)
 
 
 def test_resume_from_corrupt_checkpoint_is_a_clear_error(fake_cifar10, tmp_path):
@@ -124,6 +155,7 @@ def _real_cifar_root():
     return None
 
 
+@pytest.mark.slow  # about 3 minutes on 2 idle cores: three epochs over 12,406 real images
 @pytest.mark.skipif(_real_cifar_root() is None,
                     reason="FSA_DATA_ROOT does not hold real CIFAR-10 (python ../shared/tools/cifar10.py fetch DIR)")
 def test_real_cifar10_lt_beats_chance(tmp_path):

@@ -415,11 +415,11 @@ def test_float16_store_refuses_maps_beyond_its_range():
     x = torch.rand(6, 2, 2, 2) + 0.5
     loader = [(x, torch.tensor([0, 1, 2, 0, 1, 2]))]
     with pytest.raises(ConfigError, match="beyond float16's range.*extract.dtype=float32"):
-        phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), False, True, torch.float16)
-    out = phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), False, True, torch.float32)
+        phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), True, torch.float16)
+    out = phase_ii.forward_store(Big(1e5), loader, torch.device("cpu"), True, torch.float32)
     assert torch.isfinite(out["fmaps"]).all()
     with pytest.raises(DataError, match="non-finite feature maps"):
-        phase_ii.forward_store(Big(float("inf")), loader, torch.device("cpu"), False, False)
+        phase_ii.forward_store(Big(float("inf")), loader, torch.device("cpu"), False)
 
 
 # ----------------------------------------------------------------------------- 9, 11
@@ -472,6 +472,7 @@ def test_resume_across_a_learning_rate_drop_equals_uninterrupted(fake_cifar10, t
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.mark.precision
 def test_stored_maps_are_the_eval_mode_forward_of_the_phase_i_model(finished, fake_cifar10):
     from fsa_lt.data import build_dataset
     from fsa_lt.models import create_model
@@ -512,7 +513,7 @@ def test_gamma_is_uniform_over_rows():
 
 def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     payload = pipeline.run(NAME, "sd", tmp_path, "cpu", _ov(fake_cifar10, *SHORT), control=True, seeds=[0, 1],
-                           print_fn=lambda *a: None)
+                           print_fn=lambda *a: None, report=cli.run_report)
     assert [m["note"] for m in payload["members"]] == ["sd-s0", "sd-s1"] and payload["seeds"] == [0, 1]
     for s in (0, 1):  # each member trained with its seed, on the same long-tailed subset
         rec = records.read_record(tmp_path / "log/phase_i" / NAME / f"sd-s{s}")
@@ -529,3 +530,19 @@ def test_seeds_run_each_seed_end_to_end_and_pool_them(fake_cifar10, tmp_path):
     assert "## seed 0 (sd-s0)" in md and "## seed 1 (sd-s1)" in md and "2 Phase I seeds (0, 1" in md
     html = (tmp_path / "log/run" / NAME / "sd/report+seeds0-1.html").read_text()
     assert "seed 1 (sd-s1)" in html and 'id="curves"' in html
+
+
+def test_a_list_setting_that_grew_or_shrank_is_a_change(finished, fake_cifar10):
+    """train.milestones [160] -> [160, 180] is another schedule: compared element by element and by length."""
+    one = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT, "train.milestones=[160]", "train.lr_factors=[0.01]"))
+    two = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT, "train.milestones=[160,180]",
+                                           "train.lr_factors=[0.01,0.0001]"))
+    assert records.config_diff(one.to_dict(), two.to_dict(), "phase_i") == [
+        "train.lr_factors: [0.01] -> [0.01, 0.0001]", "train.milestones: [160] -> [160, 180]"]
+    assert records.config_diff(two.to_dict(), one.to_dict(), "phase_i") == [
+        "train.lr_factors: [0.01, 0.0001] -> [0.01]", "train.milestones: [160, 180] -> [160]"]
+    assert records.config_diff(two.to_dict(), two.to_dict(), "phase_i") == []
+    # the finished run has the config's [160, 180]: a shorter list is refused with the key
+    assert load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT)).train.milestones == [160, 180]
+    with pytest.raises(ConfigError, match=r"train.milestones: \[160, 180\] -> \[160\]"):
+        records.inspect_phase(finished, "phase_i", one, "r1")

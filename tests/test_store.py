@@ -201,6 +201,35 @@ def test_damaged_stores_are_one_line_errors_naming_the_file(tmp_path):
     assert "\n" not in str(e.value) and str(d / "index.json") in str(e.value)
 
 
+def test_an_index_claiming_more_rows_than_its_shards_hold_is_refused(tmp_path):
+    """Shards whose files hold fewer rows than the index says: a one-line error before any read,
+    whether the index's sample count or a shard's own range claims the missing rows."""
+    import shutil
+
+    maps, cams, labels = _arrays(21)
+    write_store(tmp_path / "ok", maps, cams, labels)
+
+    # the shards cover 0..21, the index says 25
+    d = tmp_path / "count"
+    shutil.copytree(tmp_path / "ok", d)
+    idx = dict(store.read_index(d), num_samples=25)
+    _one_line_error(d, idx, "shards hold 21 samples, the index says 25", str(d / "index.json"))
+
+    # shard 0 says rows 0..7 but its four files (and their index entries, bytes, shapes) hold 5
+    d = tmp_path / "short"
+    shutil.copytree(tmp_path / "ok", d)
+    idx = store.read_index(d)
+    pooled = maps.mean((2, 3))
+    for key, arr in (("fmaps", maps[:5].astype(np.float16)), ("cams", cams[:5].astype(np.float16)),
+                     ("labels", labels[:5].astype(np.int64)), ("pooled", pooled[:5].astype(np.float32))):
+        p = d / f"shard_000.{key}.npy"
+        np.save(p, arr)
+        idx["shards"][0]["files"][key].update(bytes=p.stat().st_size, shape=list(arr.shape))
+    assert idx["shards"][0]["start"] == 0 and idx["shards"][0]["end"] == 7
+    msg = _one_line_error(d, idx, "needs float16 [7, 6, 3, 4]", str(d / "shard_000.fmaps.npy"))
+    assert "holds float16 [5, 6, 3, 4]" in msg
+
+
 # ----------------------------------------------------------------------------- the writer
 def test_writer_writes_each_batch_into_full_size_files(tmp_path):
     maps, cams, labels = _arrays(21)
@@ -277,12 +306,12 @@ def test_forward_store_sink_gets_every_batch_and_keeps_nothing():
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     loader = [(x[:4], y[:4]), (x[4:], y[4:])]
     got, net = [], Net()
-    out = phase_ii.forward_store(net, loader, torch.device("cpu"), False, True, torch.float16,
+    out = phase_ii.forward_store(net, loader, torch.device("cpu"), True, torch.float16,
                                  sink=lambda f, c, lab: got.append((f, c, lab)))
     assert "fmaps" not in out and out["labels"].tolist() == y.tolist()
     assert [g[0].shape[0] for g in got] == [4, 6] and all(g[0].dtype == torch.float16 for g in got)
     assert torch.equal(torch.cat([g[0] for g in got]), x.half())
-    ref = phase_ii.forward_store(net, loader, torch.device("cpu"), False, True, torch.float16)
+    ref = phase_ii.forward_store(net, loader, torch.device("cpu"), True, torch.float16)
     assert torch.equal(ref["cams"], torch.cat([g[1] for g in got]))
 
 
@@ -364,6 +393,7 @@ def test_phase_iii_refuses_a_damaged_store_before_any_folder(finished, tmp_path,
     assert not list(w.rglob("*s-v*"))  # no output folder of the refused run
 
 
+@pytest.mark.slow  # the store benchmark script in a subprocess
 def test_store_scale_benchmark_smoke(tmp_path):
     """benchmarks/store_scale.py on a 10 MB store: the tables, the three cases, the targets, cleaned up."""
     d = tmp_path / "bench"

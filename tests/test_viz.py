@@ -31,12 +31,14 @@ def _overrides(root):
 def tiny_run(tmp_path_factory):
     """A whole `fsa-lt run --control` (which writes the report), then `visualize`."""
     from cifar_files import write_fake_cifar10
-    from fsa_lt.phases import pipeline
+    from fsa_lt import cli
 
     root = str(tmp_path_factory.mktemp("cifar"))
     write_fake_cifar10(root, n_per_class=40, n_test_per_class=10, seed=0)
     work = tmp_path_factory.mktemp("work")
-    pipeline.run(NAME, NOTE, work, "cpu", _overrides(root), control=True, print_fn=lambda *a: None)
+    rc = cli.main(["run", "--config", NAME, "--note", NOTE, "--workdir", str(work), "--device", "cpu", "--control",
+                   *_overrides(root)])
+    assert rc == 0
     cfg = load_config(NAME, "phase_iii", _overrides(root))
     figs = F.visualize(cfg, NOTE, work, "cpu", per_class=PER_CLASS, print_fn=lambda *a: None)
     return {"root": root, "work": work, "cfg": cfg, "figures": figs}

@@ -4,6 +4,11 @@
 docs/ARCHITECTURE.md for the contract); `make_loader(...)` returns an `EpochLoader`
 whose `set_epoch(e)` makes epoch e's order and augmentation a function of
 (seed, e) alone, for the GPU-resident fast path and the plain DataLoader alike.
+
+On the DataLoader path each training sample is read with torch's CPU generator seeded from
+(seed, epoch, index) (`sample_seed`), in whichever process reads it: the augmentation of epoch
+e does not depend on the epochs run before it in the process, nor on `dataset.num_workers`, so
+a resumed Phase I is bit-identical to an uninterrupted one with any number of workers.
 """
 from __future__ import annotations
 
@@ -122,12 +127,68 @@ def use_fast_path(ds, cfg, device: torch.device) -> bool:
     return True  # 'auto' and 'on': in-memory data sets (CIFAR, digits), CPU or GPU, any world size
 
 
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of training sample `index` in `epoch` of a run with `seed` (well mixed in its low
+    32 bits, the ones torch's CPU generator keeps)."""
+    x = 0
+    for v in (seed, epoch, index):
+        x = _splitmix64(x ^ (int(v) & _M64))
+    return x
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The wrapped sampler's indices as (epoch, index) keys, for `_SeededSamples`."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _SeededSamples(torch.utils.data.Dataset):
+    """A training set read by (epoch, index) keys: torch's CPU generator, which the transforms
+    draw from, is seeded by `sample_seed` before each sample (and given back afterwards in the
+    main process, where other code may draw from it)."""
+
+    def __init__(self, ds, seed: int):
+        self.ds, self.seed = ds, seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        gen = torch.default_generator
+        keep = gen.get_state() if torch.utils.data.get_worker_info() is None else None
+        gen.manual_seed(sample_seed(self.seed, epoch, index))
+        try:
+            return self.ds[index]
+        finally:
+            if keep is not None:
+                gen.set_state(keep)
+
+
 class EpochLoader:
     """One interface over the device loader and a DataLoader: set_epoch, len, iter."""
 
-    def __init__(self, inner, sampler=None, seed: int = 0, reseed_global: bool = False, fast: bool = False):
+    def __init__(self, inner, sampler=None, seed: int = 0, keys: _EpochKeys | None = None, fast: bool = False):
         self.inner, self.sampler, self.seed, self.fast = inner, sampler, seed, fast
-        self.reseed_global = reseed_global
+        self.keys = keys
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -138,8 +199,8 @@ class EpochLoader:
             self.sampler.set_epoch(epoch)
         elif self.sampler is not None and getattr(self.sampler, "generator", None) is not None:
             self.sampler.generator.manual_seed(self.seed * 100003 + epoch)
-        if self.reseed_global:  # num_workers=0: transforms draw from the global RNG
-            torch.manual_seed(self.seed * 100003 + epoch + 1)
+        if self.keys is not None:  # the augmentation of each sample: (seed, epoch, index)
+            self.keys.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -174,7 +235,9 @@ def make_loader(ds, cfg, device: torch.device, train: bool, batch_size: int, see
     else:
         sampler = SequentialSampler(ds)
     gen = torch.Generator().manual_seed(seed)
-    inner = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    keys = _EpochKeys(sampler) if train else None
+    inner = DataLoader(_SeededSamples(ds, seed) if train else ds, batch_size=batch_size,
+                       sampler=keys if train else sampler, num_workers=workers,
                        pin_memory=device.type == "cuda", drop_last=drop_last,
                        persistent_workers=workers > 0, generator=gen)
-    return EpochLoader(inner, sampler=sampler, seed=seed, reseed_global=(workers == 0 and train))
+    return EpochLoader(inner, sampler=sampler, seed=seed, keys=keys)

@@ -3,6 +3,10 @@
 No host synchronisation inside the step: the loss and accuracy are accumulated on the
 device and read once per epoch.  bf16 autocast (no GradScaler needed for bf16) where the
 device runs bf16 natively: CUDA, and CPUs with AVX-512 BF16 or AMX; channels_last.
+
+One precision rule (`PRECISION_RULE`, docs/METHOD.md): autocast applies to training steps
+only. `evaluate` and `feature_maps` always run in fp32, so a run's evaluation, its test mode,
+Phase II's stored maps and Phase III's features are the same numbers on every processor.
 """
 from __future__ import annotations
 
@@ -57,8 +61,19 @@ def uses_bf16(device: torch.device, mode) -> bool:
     return device.type == "cpu" and (mode == "always" or cpu_bf16_native() is not None)
 
 
+PRECISION_RULE = ("training steps under bf16 autocast where train.amp asks for it and the device allows it; "
+                  "every evaluation, feature extraction and stored feature in fp32")
+# What Phases II and III run: nothing of them is a training step of the network.
+FP32_NOTE = "fp32 (feature extraction and evaluation are always fp32)"
+
+
 def precision_note(device: torch.device, mode) -> str:
-    """One line for the log and the run's environment: which precision runs, and why."""
+    """One line for the log and Phase I's environment: the training steps' precision, and why;
+    evaluation is fp32 whatever it says (`PRECISION_RULE`)."""
+    return f"training {_training_precision(device, mode)}; evaluation fp32"
+
+
+def _training_precision(device: torch.device, mode) -> str:
     if not mode:
         return "fp32 (train.amp is off)"
     if device.type == "cuda":
@@ -113,31 +128,28 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, *, amp=Fal
 
 
 @torch.no_grad()
-def evaluate(model, loader, num_classes: int, device, *, amp=False, desc="eval") -> torch.Tensor:
-    """Confusion matrix (rows true, columns predicted) over the loader, summed over ranks."""
+def evaluate(model, loader, num_classes: int, device, *, desc="eval") -> torch.Tensor:
+    """Confusion matrix (rows true, columns predicted) over the loader, summed over ranks; fp32."""
     model.eval()
     cm = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     for x, y in progress(loader, len(loader), desc):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(x)
+        logits = model(x)
         cm += confusion_matrix(logits.argmax(1), y, num_classes).flatten()
     dist.all_reduce_sum(cm)
     return cm.reshape(num_classes, num_classes).cpu()
 
 
 @torch.no_grad()
-def feature_maps(model, loader, device, *, amp=False):
-    """Yield (final feature map in float32, labels) for every batch; the model in eval mode."""
+def feature_maps(model, loader, device):
+    """Yield (final feature map, labels) for every batch, computed in fp32; the model in eval mode."""
     model.eval()
     for x, y in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            f = model.forward_features(x)
-        yield f.float(), y
+        yield model.forward_features(x).float(), y
 
 
 def unwrap(model: nn.Module) -> nn.Module:

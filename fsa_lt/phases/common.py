@@ -17,6 +17,7 @@ from ..config import dump_yaml
 from ..engine.io import environment, write_json, write_text
 from ..engine.metrics import one_line, summarize
 from ..engine.run import open_run, run_dirs, seed_everything
+from ..engine.trainer import PRECISION_RULE
 from ..errors import CheckpointError, ConfigError, DataError, FsaError
 from ..models import create_model
 from . import records
@@ -186,7 +187,7 @@ def finish_phase(run, payload: dict, inputs: dict, outputs: dict, summary: dict 
         ldir = run.dirs["log"]
         write_json(ldir / "metrics.json", payload)
         write_text(ldir / "config.yaml", dump_yaml(run.cfg))
-        env = environment()
+        env = dict(environment(), precision_rule=PRECISION_RULE)
         env.update(extra.pop("environment_extra", {}) or {})
         write_json(ldir / "environment.json", env)
         outs = {}
@@ -313,7 +314,7 @@ def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str
     is never touched. best / last of a run that has not been run, whose files have changed since
     its record, or whose inputs have been redone since (stale) are refused, each in its words."""
     from ..data import build_dataset, class_counts, make_loader
-    from ..engine.trainer import amp_mode, evaluate
+    from ..engine.trainer import evaluate
 
     workdir = Path(workdir)
     out_note = out_note or note
@@ -344,7 +345,7 @@ def test_checkpoint(cfg, note: str, workdir, device, checkpoint: str, phase: str
 
             model = AdjustedModel(model, state["logit_adjust"]).to(run.device)
         loader = make_loader(test_set, cfg, run.device, train=False, batch_size=cfg.train.eval_batch_size)
-        m = summarize(evaluate(model, loader, len(counts), run.device, amp=amp_mode(cfg.train)), counts, cfg.extract.h_r)
+        m = summarize(evaluate(model, loader, len(counts), run.device), counts, cfg.extract.h_r)
         m[step_key] = state.get(step_key)
         run.log.info(f"test of {path} ({step_key} {state.get(step_key)}): {one_line(m)}")
         if dist.is_main():

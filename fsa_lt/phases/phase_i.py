@@ -167,7 +167,7 @@ def _train(cfg: Config, run, data, resume_from) -> dict:
         done = epoch + 1
         epochs.append({"epoch": done, "loss": s["loss"], "acc": s["acc"], "lr": lr, "seconds": dt})
         if done % t.eval_every == 0 or done == t.epochs:
-            cm = evaluate(fwd_model, test_loader, K, dev, amp=amp)
+            cm = evaluate(fwd_model, test_loader, K, dev)
             m = summarize(cm, counts, cfg.extract.h_r)
             m["epoch"] = done
             history.append({k: m[k] for k in ("epoch", "top1", "many", "medium", "few", "head", "tail")})
@@ -193,7 +193,7 @@ def _train(cfg: Config, run, data, resume_from) -> dict:
             raise KeyboardInterrupt
 
     if final is None:  # resumed after the end: evaluate what we have
-        final_cm = evaluate(fwd_model, test_loader, K, dev, amp=amp)
+        final_cm = evaluate(fwd_model, test_loader, K, dev)
         final = summarize(final_cm, counts, cfg.extract.h_r)
         final["epoch"] = t.epochs
     best = best or final

@@ -23,7 +23,7 @@ from ..data.base import InMemoryLT
 from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state
 from ..engine.run import seed_everything
-from ..engine.trainer import amp_mode, feature_maps, precision_note
+from ..engine.trainer import FP32_NOTE, feature_maps
 from ..errors import ConfigError, DataError
 from ..method import cam_weights, class_activation_maps, confusing_classes, head_tail_split, normalize_cams
 from . import records, store
@@ -56,8 +56,8 @@ def _check_maps(finite, peak, keep_maps: bool, dtype) -> None:
 
 
 @torch.no_grad()
-def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float16, sink=None):
-    """Run the frozen model (eval mode) over `loader`; returns maps, cams, labels and the score sums.
+def forward_store(model, loader, device, keep_maps: bool, dtype=torch.float16, sink=None):
+    """Run the frozen model (eval mode, fp32) over `loader`; returns maps, cams, labels and the score sums.
 
     sink: None keeps the maps and CAMs (when `keep_maps`) and returns them; otherwise each
     batch's ``(maps, cams, labels)`` goes to ``sink`` (the store writer) as it comes and only
@@ -71,7 +71,7 @@ def forward_store(model, loader, device, amp, keep_maps: bool, dtype=torch.float
     peak = torch.zeros((), device=device)
     finite = torch.ones((), device=device, dtype=torch.bool)
     fmaps, cams, labels = [], [], []
-    for f, y in feature_maps(model, loader, device, amp=amp):
+    for f, y in feature_maps(model, loader, device):
         finite &= torch.isfinite(f).all()
         peak = torch.maximum(peak, f.abs().amax())
         logits = model.forward_head(f)
@@ -137,8 +137,7 @@ def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, s
     t0 = time.perf_counter()
     model = build_model(cfg, K, dev, pretrained=False)
     load_model_state(model, state_i, ckpt)
-    amp = amp_mode(cfg.train)
-    precision = precision_note(dev, amp)
+    precision = FP32_NOTE
     run.log.info(f"Phase I model: {ckpt} (epoch {state_i.get('epoch')}); data: {counts_summary(counts, e.h_r)}; "
                  f"precision: {precision}")
 
@@ -155,7 +154,7 @@ def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, s
     dtype = torch.float16 if e.dtype == "float16" else torch.float32
     folder = run.dirs["feature"]
     with store.ShardWriter(folder, rank, lo, hi, e.dtype, total_rows=len(train_set)) as writer:
-        out = forward_store(model, loader, dev, amp, keep, dtype, sink=writer.append if keep else None)
+        out = forward_store(model, loader, dev, keep, dtype, sink=writer.append if keep else None)
         if keep:
             writer.close()  # flushed to disk and renamed into place; the index comes after every rank's
     score_sum = dist.all_reduce_sum(out["score_sum"])

@@ -29,7 +29,7 @@ from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state, save_checkpoint
 from ..engine.metrics import confusion_matrix, summarize
 from ..engine.run import seed_everything
-from ..engine.trainer import amp_mode, autocast, feature_maps, precision_note
+from ..engine.trainer import FP32_NOTE, feature_maps
 from ..errors import CheckpointError, ConfigError, DataError
 from ..method import FSASampler, build_batch, cam_weights, class_activation_maps, normalize_cams, synthesize
 from . import eval_features, rebalance, records, store
@@ -41,11 +41,11 @@ PHASE = "phase_iii"
 
 
 @torch.no_grad()
-def pooled_features(model, loader, device, amp, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(model, loader, device, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled backbone features (pre-logits) and labels of a whole loader, all ranks gathered
     (`gather`: False when every rank's loader covers the whole set)."""
     feats, labels = [], []
-    for f, y in feature_maps(model, loader, device, amp=amp):
+    for f, y in feature_maps(model, loader, device):
         feats.append(model.forward_head(f, pre_logits=True))
         labels.append(y)
     feats, labels = torch.cat(feats), torch.cat(labels)
@@ -115,9 +115,7 @@ class OnlineBatches:
             d = self.batcher.pending.pop(0)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, amp_mode(self.cfg.train)):
-            fm = self.model.forward_features(x)
-        fm = fm.float()
+        fm = self.model.forward_features(x).float()  # extraction: fp32 (engine.trainer.PRECISION_RULE)
         nt, nm = s.n_t, d["mid_idx"].numel()
         pooled = fm.mean((2, 3))
         if self.augment:
@@ -254,7 +252,6 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     folder, index, train_set, test_set = prep["folder"], prep["index"], prep["train_set"], prep["test_set"]
     counts, mode = prep["counts"], prep["mode"]
     K = len(counts)
-    amp = amp_mode(cfg.train)  # Phase III trains only a head on fp32 features; evaluation is fp32
     tau_s, tau_g = e.tau_s, e.tau_g  # thresholds apply here, so they can be swept without Phase II
     backbone = build_model(cfg, K, dev, pretrained=False)
     load_model_state(backbone, prep["state"], prep["ckpt"])
@@ -304,8 +301,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     else:
         what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
-                 f"precision {precision_note(dev, amp)} (evaluation fp32); evaluation features {splits.how}; "
-                 f"setup {time.perf_counter() - t0:.1f}s")
+                 f"precision {FP32_NOTE}; evaluation features {splits.how}; setup {time.perf_counter() - t0:.1f}s")
 
     m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
     m0["iteration"] = 0
@@ -332,7 +328,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
             if pooled_real is None:  # an online store: the pooled features of the training images, once
                 train_loader = make_loader(train_set, cfg, dev, train=False, batch_size=cfg.train.eval_batch_size,
                                            shard=False)
-                pooled_real = pooled_features(backbone, train_loader, dev, False, gather=False)[0]
+                pooled_real = pooled_features(backbone, train_loader, dev, gather=False)[0]
             plan = rebalance.fsa_plan(f)
             plan.what = "like for like with FSA (stored features, class-balanced draws): " + plan.what
             next_batch = rebalance.store_batches(pooled_real, labels, batch, gen)
@@ -384,8 +380,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     rec = finish_phase(run, payload, inputs=inputs, outputs={"last.pt": ck / "last.pt", "best_model.pt": ck / "best_model.pt"},
                        summary={"final": short_metrics(final), "best (test-selected)": short_metrics(best)},
                        iterations_per_second=iterations / dt if iterations else None,
-                       environment_extra={"precision": precision_note(dev, amp),
-                                          "evaluation_precision": "fp32"})
+                       environment_extra={"precision": FP32_NOTE})
     return dict(payload, record=rec)
 
 
@@ -411,7 +406,7 @@ class _EvalSplits:
 
     def _compute(self, backbone, ds):
         loader = make_loader(ds, self.cfg, self.dev, train=False, batch_size=self.cfg.train.eval_batch_size)
-        return pooled_features(backbone, loader, self.dev, False)
+        return pooled_features(backbone, loader, self.dev)
 
     def recompute(self, backbone):
         for name, ds in self.sets.items():

@@ -12,6 +12,11 @@ gives mean ± std wherever more than one run stands behind a row, and FSA minus 
 paired run by run (the same Phase I model and Phase III seed).
 
 `fsa-lt demo`: the same on scikit-learn's bundled digits made long-tailed (no download).
+
+The HTML report is the caller's: `report` is a callable ``report(workdir, config, note,
+print_fn=..., device=...)`` (the command line hands in one that calls
+`fsa_lt.viz.report.write_run_report`), so this module never imports the report, which is
+built on it.
 """
 from __future__ import annotations
 
@@ -195,11 +200,11 @@ def _evidence(workdir: Path, config: str, members: list[Member]) -> dict:
 
 
 def run(config: str, note: str, workdir=".", device=None, overrides=None, force: bool = False, control: bool = False,
-        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report: bool = True,
+        resume: bool = False, seeds=None, phase_iii_seeds=None, print_fn=print, report=None,
         extra_methods=(), default_seeds=None, default_phase_iii_seeds=None) -> dict:
     """Run (or reuse, or resume) every phase, then write the summary, ``log/run/<config>/<note>/
     summary[<suffix>].md|json`` (`summary_suffix`: each variant and seed list a file of its own),
-    and the report. An interrupted run with the same settings is always resumed; `resume`, as
+    and, through `report` (a callable; None: no report), the report. An interrupted run with the same settings is always resumed; `resume`, as
     `fsa-lt train --resume`, says one is expected: an error when no phase has been started.
     `extra_methods`: more Phase III rows (names of `ARMS`, e.g. "la-posthoc"), run beside FSA and the
     control. default_seeds / default_phase_iii_seeds: the seed lists the calling command uses when
@@ -246,7 +251,7 @@ def summary_suffix(variant: str, seeds=None, phase_iii_seeds=None) -> str:
 
 
 def compare(config: str, note: str, workdir=".", device=None, overrides=None, methods="fsa,no-aug", force: bool = False,
-            phase_iii_seeds=None, seeds=None, print_fn=print, report: bool = True) -> dict:
+            phase_iii_seeds=None, seeds=None, print_fn=print, report=None) -> dict:
     """FSA beside the baselines over finished Phase I models: each method of `methods` as a Phase III
     run (over `phase_iii_seeds`), Phase II made if missing; over one model (`note`) or, with `seeds`,
     over the models ``<note>-s<seed>`` (pooled: mean ± std over the Phase I seeds). Writes
@@ -322,12 +327,7 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
         write_json(out / f"{stem}.json", payload)
     print_fn("\n" + text)
     if report and not c.finetune.variant and dist.is_main() and (out / "summary.json").is_file():
-        try:
-            from ..viz.report import write_run_report
-
-            write_run_report(workdir, config, note, print_fn=print_fn, device=device)
-        except Exception as exc:  # a report problem must not fail a finished comparison
-            print_fn(f"[compare] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        write_report(report, workdir, config, note, print_fn, device, "compare")
     return payload
 
 
@@ -399,8 +399,18 @@ def _unique_recipes(workdir: Path, config: str, members: list[Member]) -> dict:
     return out
 
 
+def write_report(report, workdir: Path, config: str, note: str, print_fn, device, what: str, suffix: str = "") -> None:
+    """Call `report` (see the module's docstring); a report problem must not fail a finished run."""
+    try:
+        report(workdir, config, note, print_fn=print_fn, device=device, suffix=suffix)
+    except ImportError as exc:  # a missing optional package (matplotlib): say so, carry on
+        print_fn(f"[{what}] report not written: {exc}")
+    except Exception as exc:
+        print_fn(f"[{what}] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+
 def write_summary(workdir: Path, config: str, note: str, members: list[Member], times: dict, overrides: list[str],
-                  print_fn=print, device=None, report: bool = True, suffix: str = "") -> dict:
+                  print_fn=print, device=None, report=None, suffix: str = "") -> dict:
     """``summary<suffix>.md|json`` (and the report of it): the title names the Phase III variant and
     the seeds behind every row."""
     from ..engine import distributed as dist
@@ -466,14 +476,7 @@ def write_summary(workdir: Path, config: str, note: str, members: list[Member], 
     print_fn("\n" + text)
     print_fn(f"[run] summary: {out / f'summary{suffix}.md'}")
     if report and dist.is_main():
-        try:
-            from ..viz.report import write_run_report
-
-            write_run_report(workdir, config, note, print_fn=print_fn, device=device, suffix=suffix)
-        except ImportError:
-            pass
-        except Exception as exc:  # a report problem must not fail a finished run
-            print_fn(f"[run] report not written: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        write_report(report, workdir, config, note, print_fn, device, "run", suffix=suffix)
     return payload
 
 
@@ -503,7 +506,7 @@ def demo_data(args, print_fn=print) -> str | None:
         return None
 
 
-def demo(args, print_fn=print) -> int:
+def demo(args, print_fn=print, report=None) -> int:
     """The main job. With real CIFAR-10 (present or downloadable): the shipped 200-epoch Phase I model
     (ResNet-32, CIFAR-10-LT imbalance 100), then Phase II, FSA and the No-Aug control over three Phase
     III seeds and post-hoc logit adjustment (tau = 1), in a few minutes on a CPU. Without it: the
@@ -512,7 +515,7 @@ def demo(args, print_fn=print) -> int:
     digits = args.config is not None and "digits" in args.config
     root = None if digits else demo_data(args, print_fn)
     if root is None or digits:
-        return _digits_demo(args, print_fn)
+        return _digits_demo(args, print_fn, report)
     from . import shipped
 
     config = args.config or DEMO_CONFIG
@@ -531,7 +534,7 @@ def demo(args, print_fn=print) -> int:
         shipped.adopt(cfg_i, args.note, args.workdir, name, say=print_fn)
     payload = run(config, args.note, args.workdir, args.device or "cpu", overrides, force=args.force, control=True,
                   phase_iii_seeds=p3_seeds, extra_methods=["la-posthoc"], default_phase_iii_seeds=[0, 1, 2],
-                  print_fn=print_fn)
+                  print_fn=print_fn, report=report)
     _verdict(payload, f"{len(p3_seeds)} Phase III seed(s) over one Phase I model", "real CIFAR-10-LT (imbalance 100)",
              print_fn)
     print_fn(f"[demo] {time.perf_counter() - t0:.0f} s in all")
@@ -554,16 +557,16 @@ def _verdict(payload, over: str, data: str, print_fn) -> None:
              f"{verdict}.")
 
 
-def _digits_demo(args, print_fn=print) -> int:
+def _digits_demo(args, print_fn=print, report=None) -> int:
     """Digits, long-tailed, ResNet-20: Phase I, II, III and the control over a few seeds, minutes on 2 CPU cores."""
     config = args.config or "digits-LT_resnet20"
     seeds = args.seeds if getattr(args, "seeds", None) is not None else [0, 1, 2]
     payload = run(config, args.note, args.workdir, args.device or "cpu", args.overrides, force=args.force, control=True,
-                  seeds=seeds, default_seeds=[0, 1, 2], print_fn=print_fn)
+                  seeds=seeds, default_seeds=[0, 1, 2], print_fn=print_fn, report=report)
     _verdict(payload, f"{len(seeds)} Phase I seed(s)", "digits (8 x 8 pixels, a toy)", print_fn)
     print_fn("[demo] digits shows that the pipeline runs, not that the method works; on real CIFAR-10-LT see docs/RESULTS.md")
     return 0
 
 
 __all__ = ["run", "compare", "demo", "check_seeds", "check_methods", "write_summary", "preflight", "ARMS",
-           "summary_suffix"]
+           "summary_suffix", "write_report"]

@@ -315,9 +315,8 @@ def synthetic_figure(samples: list[dict], n_a: int, title: str):
 
 # ----------------------------------------------------------------------------- maps
 @torch.no_grad()
-def compute_maps(model, ds, indices, device, amp: bool = False):
-    """Feature maps (float32, CPU) and normalised own-class CAMs of training images, through the model."""
-    from ..engine.trainer import autocast
+def compute_maps(model, ds, indices, device):
+    """Feature maps (float32, CPU) and normalised own-class CAMs of training images, through the model in fp32."""
     from ..method import cam_weights, class_activation_maps, normalize_cams
 
     model.eval()
@@ -330,9 +329,7 @@ def compute_maps(model, ds, indices, device, amp: bool = False):
         part = idx[k:k + 64]
         x = torch.stack([ds[i][0] for i in part]).to(device)
         y = torch.as_tensor(np.asarray(ds.targets)[part], dtype=torch.long, device=device)
-        with autocast(device, amp):
-            f = model.forward_features(x)
-        f = f.float()
+        f = model.forward_features(x).float()
         fm.append(f.cpu())
         cams.append(normalize_cams(class_activation_maps(f, weight, y)).cpu())
     return torch.cat(fm), torch.cat(cams)
@@ -341,14 +338,14 @@ def compute_maps(model, ds, indices, device, amp: bool = False):
 class _Maps:
     """Feature maps and CAMs by training index: from the cached store, or computed on demand."""
 
-    def __init__(self, store_data, model, ds, device, amp):
-        self.store, self.model, self.ds, self.device, self.amp = store_data, model, ds, device, amp
+    def __init__(self, store_data, model, ds, device):
+        self.store, self.model, self.ds, self.device = store_data, model, ds, device
 
     def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
         if self.store is not None:
             return self.store["fmaps"][idx].float(), self.store["cams"][idx].float()
-        return compute_maps(self.model, self.ds, idx.tolist(), self.device, self.amp)
+        return compute_maps(self.model, self.ds, idx.tolist(), self.device)
 
 
 def _pick(targets: np.ndarray, c: int, k: int, rng: np.random.RandomState) -> list[int]:
@@ -408,7 +405,7 @@ def visualize(cfg, note: str, workdir=".", device=None, per_class: int = 4, max_
     model.eval()
     data = (dict(zip(("fmaps", "cams"), store.open_store(folder, index, "cpu", "mmap")[:2]))  # a few maps: mapped
             if index["mode"] == "cached" else None)
-    maps = _Maps(data, model, ds, dev, cfg.train.amp)
+    maps = _Maps(data, model, ds, dev)
     tau_s, tau_g = cfg.extract.tau_s, cfg.extract.tau_g
     tail = [int(c) for c in index["tail"]]
     head = [int(c) for c in index["head"]]

@@ -1,6 +1,7 @@
 """The run report: plots of a finished `fsa-lt run` and one self-contained HTML page.
 
-`write_run_report(workdir, config, note)` (called by `fsa_lt.phases.pipeline.run`) writes
+`write_run_report(workdir, config, note)` (the command line hands it to `fsa_lt.phases.pipeline`'s
+`run` and `compare`, which call it when done) writes
 into ``<workdir>/log/run/<config>/<note>/``
 
     curves.png               Phase I test top-1 and training loss by epoch, Phase III test
@@ -85,10 +86,9 @@ def _saved_confusion(log_dir: Path):
 
 @torch.no_grad()
 def evaluate_confusion(cfg, checkpoint: Path, phase: str, num_classes: int, device) -> np.ndarray:
-    """K x K confusion matrix (rows true class) of a checkpoint on the test set (this process only)."""
+    """K x K confusion matrix (rows true class) of a checkpoint on the test set (this process only, fp32)."""
     from ..data import build_dataset, make_loader
     from ..engine.metrics import confusion_matrix
-    from ..engine.trainer import autocast
     from ..phases.common import load_phase_model
 
     model, _ = load_phase_model(cfg, checkpoint, phase, num_classes, device, expect_phase=phase)
@@ -98,8 +98,7 @@ def evaluate_confusion(cfg, checkpoint: Path, phase: str, num_classes: int, devi
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        with autocast(device, cfg.train.amp):
-            logits = model(x)
+        logits = model(x)  # fp32, as every evaluation (engine.trainer.PRECISION_RULE)
         cm += confusion_matrix(logits.argmax(1).cpu(), y.cpu(), num_classes)
     return cm.numpy()
 
