@@ -16,12 +16,13 @@ import torch
 
 from conftest import ROOT, tiny_overrides
 from fsa_lt import cli
+from fsa_lt.cli import run_report
 from fsa_lt.engine.checkpoint import load_checkpoint, save_checkpoint
 from fsa_lt.phases import phase_iii, pipeline, records
 
 NAME = "cifar10-LT_resnet32"
 SHORT = ["train.epochs=1", "finetune.iterations=20", "finetune.eval_every=10", "finetune.save_every=20"]
-QUIET = {"print_fn": lambda *a: None}
+QUIET = {"print_fn": lambda *a: None, "report": run_report}  # the report as `fsa-lt run` writes it
 
 
 def _ov(root, *extra):
@@ -235,7 +236,8 @@ def test_visualize_takes_the_run_command_line_and_names_the_settings_to_give(fak
     base = tiny_overrides(fake_cifar10) + ["finetune.iterations=20", "finetune.eval_every=10",
                                            "finetune.save_every=20"]
     c = ["--config", NAME, "--note", "v", "--workdir", tmp_path, "--device", "cpu"]
-    assert _cli(capsys, "run", *c, *base, "phase_i.train.epochs=1", "phase_iii.finetune.n_a=2")[0] == 0
+    rc, _, err = _cli(capsys, "run", *c, *base, "phase_i.train.epochs=1", "phase_iii.finetune.n_a=2")
+    assert rc == 0, err
     # the run's overrides as typed: accepted by visualize and by test mode
     rc, _, err = _cli(capsys, "visualize", *c, "--per-class", "1", *base, "phase_i.train.epochs=1",
                       "phase_iii.finetune.n_a=2")
