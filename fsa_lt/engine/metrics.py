@@ -56,6 +56,37 @@ def summarize(cm, train_counts, h_r: float = 0.9) -> dict:
     }
 
 
+def logit_sums(logits: torch.Tensor, is_head: torch.Tensor) -> torch.Tensor:
+    """Sums over the rows of `logits` (N x K) of three views of a classifier's prior, for a boolean
+    K-vector `is_head`: [prediction in a head class (0/1), the logit vector's L2 norm, the mean
+    head logit minus the mean tail logit]. `logit_stats` turns the sums of all batches into means."""
+    z = logits.float()
+    pred_head = is_head[z.argmax(1)].float().sum()
+    gap = (z[:, is_head].mean(1) - z[:, ~is_head].mean(1)).sum() if bool(is_head.any()) and not bool(is_head.all()) \
+        else z.new_tensor(float("nan"))
+    return torch.stack([pred_head, z.norm(dim=1).sum(), gap]).double().cpu()
+
+
+def logit_stats(sums: torch.Tensor, n: int) -> dict:
+    """`logit_sums` totals over `n` samples -> pred_head (% of predictions that are head classes),
+    logit_norm (mean L2 norm of the logits), head_tail_gap (mean head minus mean tail logit)."""
+    s = (sums / max(n, 1)).tolist()
+    return {"pred_head": s[0] * 100.0, "logit_norm": s[1], "head_tail_gap": None if s[2] != s[2] else s[2]}
+
+
+def relative_shift(params: dict, ref: dict) -> float | None:
+    """||theta - theta_0|| / ||theta_0|| over the tensors of `ref` (name -> tensor) found in `params`:
+    how far a classifier moved from where it started. None when they share no tensor."""
+    num = den = 0.0
+    for name, p0 in ref.items():
+        p = params.get(name)
+        if p is None or p.shape != p0.shape:
+            continue
+        num += float((p.detach().double() - p0.double()).pow(2).sum())
+        den += float(p0.double().pow(2).sum())
+    return None if den == 0 else (num / den) ** 0.5
+
+
 def fmt(v) -> str:
     return "  -  " if v is None else f"{v:5.2f}"
 

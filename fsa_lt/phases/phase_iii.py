@@ -27,7 +27,7 @@ from ..config import Config
 from ..data import build_dataset, class_counts, make_loader, validation_source
 from ..engine import distributed as dist
 from ..engine.checkpoint import check_compatible, load_checkpoint, load_model_state, save_checkpoint
-from ..engine.metrics import confusion_matrix, summarize
+from ..engine.metrics import confusion_matrix, logit_stats, logit_sums, relative_shift, summarize
 from ..engine.run import seed_everything
 from ..engine.trainer import FP32_NOTE, feature_maps
 from ..errors import CheckpointError, ConfigError, DataError
@@ -56,6 +56,26 @@ def pooled_features(model, loader, device, gather: bool = True) -> tuple[torch.T
 def evaluate_head(fc: nn.Module, feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     pred = torch.cat([fc(f).argmax(1) for f in feats.split(8192)])
     return confusion_matrix(pred, labels, num_classes).cpu()
+
+
+HISTORY_KEYS = ("iteration", "top1", "many", "medium", "few", "head", "tail")
+
+
+@torch.no_grad()
+def diagnose_head(fc: nn.Module, feats: torch.Tensor, is_head: torch.Tensor, start: dict | None) -> dict:
+    """What a classifier does to the class prior on `feats` (`engine.metrics.logit_stats`: share of
+    head predictions, logit norm, head-minus-tail logit gap) and how far its trained parameters moved
+    from `start` (their values when training began; None: nothing trained)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    for f in feats.split(8192):
+        sums += logit_sums(fc(f), is_head)
+    out = logit_stats(sums, len(feats))
+    out["shift"] = None if start is None else relative_shift(dict(fc.named_parameters()), start)
+    return out
+
+
+def _history_entry(m: dict, diag: dict) -> dict:
+    return {**{k: m[k] for k in HISTORY_KEYS}, **diag}
 
 
 def _draw(sampler, augment: bool) -> dict:
@@ -303,10 +323,13 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
                  f"precision {FP32_NOTE}; evaluation features {splits.how}; setup {time.perf_counter() - t0:.1f}s")
 
+    is_head = torch.zeros(K, dtype=torch.bool, device=test_feats.device)
+    is_head[torch.as_tensor(head, dtype=torch.long, device=test_feats.device)] = True
     m0 = summarize(evaluate_head(fc, test_feats, test_labels, K), counts, e.h_r)
     m0["iteration"] = 0
     log_metrics(run, "test", m0, 0)
-    history = [{k: m0[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")}]
+    diag0 = diagnose_head(fc, test_feats, is_head, None)
+    history = [_history_entry(m0, diag0)]
     extra_payload, plan = {}, None
     if f.method == "fsa":
         def next_batch():
@@ -341,9 +364,10 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     t1 = time.perf_counter()
     ckpt_dir = run.dirs["ckpt"]
     best = None
+    start = {n: p.detach().clone() for n, p in head_module.named_parameters() if p.requires_grad} if plan else None
     if plan is not None:
         best = _train_head(run, cfg, head_module, next_batch, plan, test_feats, test_labels, counts, history,
-                           backbone, index)
+                           backbone, index, lambda: diagnose_head(head_module, test_feats, is_head, start))
     iterations = plan.iterations if plan is not None else 0
     dt = time.perf_counter() - t1
     if recipe and b.bn == "train":  # the backbone's running statistics moved: its features, anew
@@ -359,8 +383,10 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     final["iteration"] = iterations
     if plan is None:  # nothing trained: the adjusted classifier is the only point
         history = []
-    history.append({k: final[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
+    diag = diagnose_head(head_module, test_feats, is_head, start)
+    history.append(_history_entry(final, diag))
     log_metrics(run, "test", final, iterations)
+    run.log.info(_diag_line(diag0, diag))
     save_confusion_matrix(run, cm)
     if run.main:
         st = _full_state(backbone, head_module, cfg, counts, iterations, final, index)
@@ -442,12 +468,23 @@ def _on_validation(run, f, head_module, val, test_feats, test_labels, counts, h_
     return out
 
 
+def _diag_line(first: dict, last: dict) -> str:
+    def gap(d):
+        return "-" if d.get("head_tail_gap") is None else f"{d['head_tail_gap']:+.3f}"
+
+    shift = "" if last.get("shift") is None else f"; trained parameters moved {last['shift']:.3f} of their norm"
+    return (f"test predictions in head classes {first['pred_head']:.1f}% -> {last['pred_head']:.1f}%; mean logit norm "
+            f"{first['logit_norm']:.2f} -> {last['logit_norm']:.2f}; head-minus-tail logit {gap(first)} -> {gap(last)}"
+            + shift)
+
+
 def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, test_labels, counts, history, backbone,
-                index):
+                index, diagnose=None):
     """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()` as `plan` says
     (FSA, its control, cRT and LWS); the test features evaluated every ``plan.eval_every`` iterations
-    before the last (the caller evaluates the final head). Returns the best of those evaluations
-    (test-set selected, reported as such) or None."""
+    before the last (the caller evaluates the final head), each evaluation with `diagnose()`'s view
+    of the prior into `history`. Returns the best of those evaluations (test-set selected, reported
+    as such) or None."""
     f, e = cfg.finetune, cfg.extract
     dev, world, K = run.device, dist.world_size(), len(counts)
     ckpt_dir = run.dirs["ckpt"]
@@ -477,7 +514,7 @@ def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, tes
         if plan.eval_every and it % plan.eval_every == 0 and it < plan.iterations:
             m = summarize(evaluate_head(head_module, test_feats, test_labels, K), counts, e.h_r)
             m["iteration"] = it
-            history.append({k: m[k] for k in ("iteration", "top1", "many", "medium", "few", "head", "tail")})
+            history.append(_history_entry(m, diagnose() if diagnose else {}))
             log_metrics(run, "test", m, it)
             if best is None or m["top1"] > best["top1"]:
                 best = m
