@@ -20,6 +20,42 @@ NAME = "cifar10-LT_resnet32"
 DEMO = shipped.DEMO_MODELS[NAME]
 
 
+def test_the_shipped_model_matches_its_record():
+    pt, js = shipped.shipped_files(DEMO)
+    rec = json.loads(js.read_text())
+    assert pt.is_file() and records.sha256_file(pt) == rec["sha256"] and pt.stat().st_size == rec["bytes"]
+    assert shipped.verify(DEMO)["run_id"] == rec["run_id"]
+    # what it is: the 200-epoch cross-entropy ResNet-32 on CIFAR-10-LT imbalance 100, seed 0, LDAM-DRW's subset
+    c = rec["config"]
+    assert (c["model"]["name"], c["train"]["loss"], c["train"]["epochs"], c["seed"], c["dataset"]["subset_seed"],
+            c["dataset"]["imb_ratio"]) == ("resnet32", "ce", 200, 0, 0, 100.0)
+    f = rec["metrics"]["final"]
+    assert len(f["per_class"]) == 10 and f["top1"] == pytest.approx(np.mean(f["per_class"]), abs=1e-6)
+    assert rec["commit"] and rec["command"].startswith("fsa-lt train") and rec["train_seconds"] > 0
+    st = torch.load(pt, map_location="cpu", weights_only=True)
+    assert st["phase"] == "phase_i" and st["epoch"] == 200 and "optimizer" not in st
+
+
+def test_the_shipped_model_reproduces_its_recorded_accuracy_on_real_cifar10():
+    root = os.environ.get("FSA_DATA_ROOT")
+    if not root or not os.path.isfile(os.path.join(root, "cifar-10-batches-py", "test_batch")):
+        pytest.skip("FSA_DATA_ROOT does not hold a real cifar-10-batches-py (set it to check the shipped model)")
+    from fsa_lt.data import build_dataset, make_loader
+    from fsa_lt.engine.trainer import evaluate
+    from fsa_lt.phases.common import load_phase_model
+
+    rec = shipped.verify(DEMO)
+    cfg = load_config(NAME, "phase_i", [f"dataset.root={root}"])
+    test = build_dataset(cfg, "test")
+    model, _ = load_phase_model(cfg, shipped.shipped_files(DEMO)[0], "phase_i", 10, torch.device("cpu"), "phase_i")
+    cm = evaluate(model, make_loader(test, cfg, torch.device("cpu"), train=False, batch_size=1000), 10,
+                  torch.device("cpu"))
+    top1 = 100.0 * float(cm.diag().sum()) / float(cm.sum())
+    assert top1 == pytest.approx(rec["metrics"]["final"]["top1"], abs=0.05)
+    per_class = (100.0 * cm.diag().double() / cm.sum(1).double()).tolist()
+    assert per_class == pytest.approx(rec["metrics"]["final"]["per_class"], abs=0.15)
+
+
 @pytest.fixture(scope="module")
 def tiny_shipped(fake_cifar10, tmp_path_factory):
     """A shipped model made the way the real one was: a finished Phase I, exported."""
