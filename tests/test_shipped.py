@@ -120,7 +120,7 @@ def test_real_data_demo_end_to_end_on_generated_files(tiny_shipped, tmp_path, mo
     args = SimpleNamespace(config=None, note="demo", workdir=str(tmp_path), device="cpu", force=False, seeds=[0, 1],
                            data_root=root, train=False,
                            overrides=ov + ["finetune.iterations=20", "finetune.eval_every=10", "finetune.save_every=20"])
-    assert pipeline.demo(args, print_fn=lines.append) == 0
+    assert pipeline.demo(args, print_fn=lines.append, report=cli.run_report) == 0  # the report as the CLI hands it in
     s = json.loads((tmp_path / "log/run" / NAME / "demo/summary+fs0-1.json").read_text())  # not the default 0 1 2
     keys = [r.get("key") for r in s["rows"]]
     assert keys == ["phase_i", "control", "fsa", "la_posthoc", "fsa_minus_control"]
@@ -137,7 +137,7 @@ def test_without_cifar10_the_demo_says_why_and_runs_digits(tmp_path, monkeypatch
 
     monkeypatch.setattr(cifar, "download_cifar", offline)
     ran = {}
-    monkeypatch.setattr(pipeline, "_digits_demo", lambda args, print_fn=print: ran.setdefault("digits", True) and 0)
+    monkeypatch.setattr(pipeline, "_digits_demo", lambda args, print_fn=print, report=None: ran.setdefault("digits", True) and 0)
     lines = []
     args = SimpleNamespace(config=None, note="demo", workdir=str(tmp_path), device="cpu", force=False, seeds=None,
                            data_root=str(tmp_path / "nothing"), train=False, overrides=[])
