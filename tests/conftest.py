@@ -73,6 +73,17 @@ class interrupted_phase_i:
         return True
 
 
+def folder_digest(folder) -> str:
+    """SHA-256 over every file below `folder` (relative path and bytes): unchanged means untouched."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 def tiny_overrides(root: str) -> list[str]:
     """A seconds-long CIFAR-LT experiment on the generated files: ResNet-20, IR 10."""
     return [f"dataset.root={root}", "dataset.imb_ratio=10", "dataset.download=false", "model.name=resnet20",

@@ -1,7 +1,6 @@
 """Commands in the orders a user types them (issue #23): bad notes and work folders, forced runs cut
 short, summaries of variants and seed lists, keys aimed at the wrong phase, the commands that read a
 run, signals and pipes. Generated CIFAR files, ResNet-20, seconds-long phases."""
-import hashlib
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, folder_digest, tiny_overrides
 from fsa_lt import cli
 from fsa_lt.cli import run_report
 from fsa_lt.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -33,14 +32,6 @@ def _cli(capsys, *argv):
     rc = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, [ln for ln in err.splitlines() if ln.strip()]
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 def _env():
@@ -98,13 +89,13 @@ def test_force_leaves_a_note_named_like_a_staging_folder_alone(finished, fake_ci
         if src.is_dir():
             shutil.copytree(src, wd / top / NAME / "r1.staging")
             mine.append(wd / top / NAME / "r1.staging")
-    before = [_digest(d) for d in mine]
+    before = [folder_digest(d) for d in mine]
     # a forced Phase III with another lr stages beside r1, and swaps in
     rc, out, err = _cli(capsys, "run", "--config", NAME, "--note", "r1", "--workdir", wd, "--device", "cpu", "--force",
                         *_ov(fake_cifar10, "phase_iii.finetune.lr=0.002"))
     assert rc == 0, err
     assert records.read_record(wd / "log/phase_iii" / NAME / "r1")["config"]["finetune"]["lr"] == 0.002
-    assert [_digest(d) for d in mine] == before
+    assert [folder_digest(d) for d in mine] == before
     assert not list(wd.rglob(".r1.staging"))  # swapped in, nothing left
     assert ("phase_iii", "r1.staging") in _status(capsys, wd)  # a note like any other
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, interrupted_phase_i, tiny_overrides
+from conftest import ROOT, folder_digest, interrupted_phase_i, tiny_overrides
 from fsa_lt import cli
 from fsa_lt.config import load_config
 from fsa_lt.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -25,14 +25,6 @@ SHORT = ["train.epochs=1", "finetune.iterations=20", "finetune.eval_every=10", "
 
 def _ov(root, *extra):
     return tiny_overrides(root) + list(extra)
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 def _cli(capsys, *argv):
@@ -72,12 +64,12 @@ def finished(fake_cifar10, tmp_path_factory):
 
 
 def test_changed_seed_on_a_finished_note_is_refused_with_the_key(finished, fake_cifar10):
-    before = _digest(finished / "checkpoints")
+    before = folder_digest(finished / "checkpoints")
     with pytest.raises(ConfigError, match=r"seed: 0 -> 1;?.*--force"):
         pipeline.run(NAME, "r1", finished, "cpu", _ov(fake_cifar10, *SHORT, "seed=1"), print_fn=lambda *a: None)
     with pytest.raises(ConfigError, match="seed: 0 -> 1"):
         phase_i.train(load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT, "seed=1")), "r1", finished, "cpu")
-    assert _digest(finished / "checkpoints") == before
+    assert folder_digest(finished / "checkpoints") == before
 
 
 def test_a_setting_that_cannot_change_the_result_is_not_a_change(finished, fake_cifar10, tmp_path):
@@ -92,12 +84,12 @@ def test_force_replaces_only_when_the_new_run_finishes(finished, fake_cifar10, m
     wd = tmp_path / "wd"
     shutil.copytree(finished, wd)
     old = records.read_record(wd / "log/phase_i" / NAME / "r1")
-    before = _digest(wd / "checkpoints/phase_i" / NAME / "r1")
+    before = folder_digest(wd / "checkpoints/phase_i" / NAME / "r1")
     ov = _ov(fake_cifar10, *SHORT, "train.epochs=2")
     with interrupted_phase_i(monkeypatch, epoch=2):
         pipeline.run(NAME, "r1", wd, "cpu", ov, force=True, print_fn=lambda *a: None)
     # interrupted replacement: the old outputs and their record are intact and still complete
-    assert _digest(wd / "checkpoints/phase_i" / NAME / "r1") == before
+    assert folder_digest(wd / "checkpoints/phase_i" / NAME / "r1") == before
     cfg1 = load_config(NAME, "phase_i", _ov(fake_cifar10, *SHORT))
     assert records.inspect_phase(wd, "phase_i", cfg1, "r1").status == "complete"
     assert (wd / "checkpoints/phase_i" / NAME / ".r1.staging").is_dir()  # hidden: a name no note can have
