@@ -42,6 +42,7 @@ from fsa_lt.method import (
     head_tail_split,
     normalize_cams,
     synthesize,
+    usable_masks,
 )
 
 __all__ = [
@@ -267,6 +268,8 @@ class FSABatches:
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.sampler = FSASampler(store.labels.to(device), plan.head, plan.tail, plan.confusing, n_t=n_t, n_a=n_a,
                                   tail_sampling=tail_sampling, generator=self.generator, device=device)
+        # each sample's usable locations once (the same batches as computing them per draw)
+        self.masks = usable_masks(store.fmaps, store.cams, self.tau_s, self.tau_g) if self.augment else None
 
     @property
     def batch_size(self) -> int:
@@ -275,7 +278,7 @@ class FSABatches:
     def next_batch(self) -> tuple[Tensor, Tensor]:
         s = self.store
         return build_batch(self.sampler, s.pooled, s.fmaps, s.cams, self.tau_s, self.tau_g,
-                           augment=self.augment, generator=self.generator)
+                           augment=self.augment, generator=self.generator, masks=self.masks)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         while True:

@@ -20,6 +20,7 @@ from fsa_lt.method import (
     shot_groups,
     synthesize,
     usable_locations,
+    usable_masks,
 )
 
 
@@ -398,6 +399,38 @@ def test_build_batch_labels_and_no_aug_control():
     assert is_tail[:64].all() and not is_tail[64:].any()
     dist, which = ((fn[:, None, :] - pooled[None]) ** 2).sum(-1).min(dim=1)
     assert (dist == 0).all() and torch.equal(lab[which], yn)
+
+
+def test_usable_masks_are_the_per_sample_rule_and_leave_batches_bit_identical():
+    counts, labels, head, tail, conf = make_store()
+    g = torch.Generator().manual_seed(11)
+    n = labels.size
+    fmaps = torch.rand(n, 5, 3, 3, generator=g).half()
+    fmaps[torch.rand(n, 1, 3, 3, generator=g).expand(n, 5, 3, 3) < 0.2] = 0  # dead locations
+    raw = torch.randn(n, 3, 3, generator=g)
+    raw[0] = 2.5  # a constant CAM: no specific location, all generic
+    spec, gen = usable_masks(fmaps, raw, 0.8, 0.2, chunk=7)  # chunks that do not divide n
+    # the rule by hand, one sample at a time, in numpy
+    f = fmaps.float().numpy().reshape(n, 5, 9)
+    r = raw.numpy().reshape(n, 9)
+    for i in range(n):
+        lo, hi = r[i].min(), r[i].max()
+        m = (r[i] - lo) / (hi - lo) if hi > lo else np.zeros(9)
+        alive = (f[i] != 0).any(axis=0)
+        assert np.array_equal(spec[i].numpy(), (m > 0.8) & alive)
+        assert np.array_equal(gen[i].numpy(), (m < 0.2) & alive)
+    assert not spec[0].any() and torch.equal(gen[0], torch.as_tensor((f[0] != 0).any(axis=0)))
+    # the batches drawn with the precomputed masks are those computed per draw, bit for bit
+    pooled = fmaps.float().mean(dim=(2, 3))
+    out = []
+    for masks in (None, (spec, gen)):
+        gen_ = torch.Generator().manual_seed(5)
+        s = FSASampler(labels, head, tail, conf, n_t=8, n_a=3, generator=gen_)
+        out.append([build_batch(s, pooled, fmaps, raw, 0.8, 0.2, masks=masks) for _ in range(20)])
+    for (fa, ya), (fb, yb) in zip(*out):
+        assert torch.equal(fa, fb) and torch.equal(ya, yb)
+    with pytest.raises(ConfigError, match="tau"):
+        usable_masks(fmaps, raw, 0.2, 0.8)
 
 
 # ----------------------------------------------------------------- effect

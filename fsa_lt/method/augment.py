@@ -32,7 +32,7 @@ from torch import Tensor
 from fsa_lt.errors import ConfigError
 from fsa_lt.method.cam import _check_taus, decompose_masks, normalize_cams, usable_locations
 
-__all__ = ["FSASampler", "batch_prior", "fuse_pooled", "synthesize", "build_batch"]
+__all__ = ["FSASampler", "batch_prior", "fuse_pooled", "synthesize", "usable_masks", "build_batch"]
 
 
 def _as_long(x, device) -> Tensor:
@@ -353,12 +353,20 @@ def synthesize(
         :func:`fuse_pooled` if ``return_counts``).
     """
     _check_taus(tau_s, tau_g)
+    if fmap_tail.shape[0] == 0 or fmap_donor.shape[0] % fmap_tail.shape[0] != 0:
+        raise ConfigError(f"synthesize: {fmap_donor.shape[0]} donor maps do not pair with {fmap_tail.shape[0]} tail maps")
+    spec = usable_locations(fmap_tail, decompose_masks(normalize_cams(cam_tail), tau_s, tau_g)[0].to(fmap_tail.device))
+    gen = usable_locations(fmap_donor, decompose_masks(normalize_cams(cam_donor), tau_s, tau_g)[1].to(fmap_donor.device))
+    return _fuse_paired(fmap_tail, spec, fmap_donor, gen, generator, gamma, return_counts)
+
+
+def _fuse_paired(fmap_tail: Tensor, spec: Tensor, fmap_donor: Tensor, gen: Tensor, generator, gamma,
+                 return_counts: bool):
+    """:func:`synthesize` once the usable locations are known: pair the rows, draw gamma, fuse."""
     bt, bd = fmap_tail.shape[0], fmap_donor.shape[0]
     if bt == 0 or bd % bt != 0:
         raise ConfigError(f"synthesize: {bd} donor maps do not pair with {bt} tail maps")
     dev = fmap_donor.device
-    spec = usable_locations(fmap_tail, decompose_masks(normalize_cams(cam_tail), tau_s, tau_g)[0].to(fmap_tail.device))
-    gen = usable_locations(fmap_donor, decompose_masks(normalize_cams(cam_donor), tau_s, tau_g)[1].to(dev))
     rep = bd // bt
     ft = fmap_tail.to(dev)
     if rep > 1:
@@ -375,6 +383,39 @@ def synthesize(
     return out, gamma
 
 
+def usable_masks(fmaps: Tensor, cams: Tensor, tau_s: float = 0.8, tau_g: float = 0.2,
+                 chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Every stored sample's usable class-specific and class-generic locations, once.
+
+    Row ``i`` is what :func:`synthesize` computes for sample ``i`` when it is drawn (as a tail
+    sample: the specific mask; as a donor: the generic one): the min-max normalised CAM
+    thresholded at ``tau_s`` / ``tau_g``, less the locations whose feature vector is all zero.
+    Both depend on the sample alone, so a Phase III that draws thousands of batches from one
+    store computes them here in one pass instead of per draw (:func:`build_batch` ``masks=``),
+    with bit-identical batches.
+
+    Args:
+        fmaps: ``N x C x H x W`` stored maps (CPU, device, or any row-sliceable store such as
+            the memory-mapped one; read ``chunk`` rows at a time). cams: ``N x H x W`` their CAMs.
+
+    Returns:
+        ``(specific, generic)``: two ``N x L`` bool tensors on the maps' device.
+    """
+    _check_taus(tau_s, tau_g)
+    n = fmaps.shape[0]
+    if len(fmaps.shape) != 4 or cams.shape[0] != n:
+        raise ConfigError(f"usable_masks: maps {tuple(fmaps.shape)} and CAMs {tuple(cams.shape)} do not pair")
+    loc = fmaps.shape[2] * fmaps.shape[3]
+    spec = torch.empty(n, loc, dtype=torch.bool, device=fmaps.device)
+    gen = torch.empty(n, loc, dtype=torch.bool, device=fmaps.device)
+    for a in range(0, n, chunk):
+        f = fmaps[a:a + chunk]
+        s, g = decompose_masks(normalize_cams(cams[a:a + chunk].to(f.device)), tau_s, tau_g)
+        spec[a:a + chunk] = usable_locations(f, s)
+        gen[a:a + chunk] = usable_locations(f, g)
+    return spec, gen
+
+
 def build_batch(
     sampler: FSASampler,
     pooled_real: Tensor | None,
@@ -384,6 +425,7 @@ def build_batch(
     tau_g: float = 0.2,
     augment: bool = True,
     generator: torch.Generator | None = None,
+    masks: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One Phase III batch from a feature store (the "cached" mode).
 
@@ -397,6 +439,8 @@ def build_batch(
         augment: True: FSA. False: the paper's "No Aug" control, the synthetic part
             is replaced by ``n_t n_a`` more real tail samples drawn the same way.
         generator: for gamma and the location draws (default: the sampler's).
+        masks: the store's :func:`usable_masks` (None: computed from the drawn CAMs per
+            batch); the same batch either way, without the per-batch CAM work.
 
     Returns:
         ``(features, labels)``: ``2 n_t (1 + n_a) x C`` float32 and LongTensor, on the
@@ -421,15 +465,13 @@ def build_batch(
     head_feat = pooled_of(d["head_idx"])
     if augment:
         donor = d["donor_idx"].reshape(-1)
-        synth, _ = synthesize(
-            gather(fmaps, d["tail_idx"]),
-            gather(cams, d["tail_idx"]),
-            gather(fmaps, donor),
-            gather(cams, donor),
-            tau_s,
-            tau_g,
-            generator=generator,
-        )
+        if masks is None:
+            synth, _ = synthesize(gather(fmaps, d["tail_idx"]), gather(cams, d["tail_idx"]), gather(fmaps, donor),
+                                  gather(cams, donor), tau_s, tau_g, generator=generator)
+        else:
+            spec, gen = masks
+            synth, _ = _fuse_paired(gather(fmaps, d["tail_idx"]), spec[d["tail_idx"].to(spec.device)].to(dev),
+                                    gather(fmaps, donor), gen[donor.to(gen.device)].to(dev), generator, None, False)
         mid_labels = d["tail_labels"].repeat_interleave(sampler.n_a)
     else:
         extra = sampler.draw_tail(sampler.n_t * sampler.n_a)

@@ -31,7 +31,7 @@ from ..engine.metrics import confusion_matrix, logit_stats, logit_sums, relative
 from ..engine.run import seed_everything
 from ..engine.trainer import FP32_NOTE, feature_maps
 from ..errors import CheckpointError, ConfigError, DataError
-from ..method import FSASampler, build_batch, cam_weights, class_activation_maps, normalize_cams, synthesize
+from ..method import FSASampler, build_batch, cam_weights, class_activation_maps, normalize_cams, synthesize, usable_masks
 from . import eval_features, rebalance, records, store
 from .common import (build_model, command_hint, finish_phase, log_metrics, needs_staging, phase_run,
                      save_confusion_matrix, short_metrics, test_checkpoint, upstream_record)
@@ -309,8 +309,10 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
             raise DataError(f"{folder}: stored labels differ from the training set (order or content)")
         run.log.info(f"feature store {how}")
         batches = None
+        # each stored sample's usable locations, once: the same batches without per-batch CAM work
+        masks = usable_masks(fmaps, cams, tau_s, tau_g) if f.method == "fsa" and f.augment else None
     else:
-        fmaps = cams = pooled_real = None
+        fmaps = cams = pooled_real = masks = None
         batches = (OnlineBatches(cfg, backbone, phase_i_weight, train_set, sampler, dev, gen, f.augment, seed)
                    if f.method == "fsa" else None)
     batch = 2 * sampler.n_t * (1 + f.n_a)
@@ -334,7 +336,8 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     if f.method == "fsa":
         def next_batch():
             if mode == "cached":
-                return build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen)
+                return build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen,
+                                   masks=masks)
             return batches.next()
 
         head_module, plan = fc, rebalance.fsa_plan(f)
