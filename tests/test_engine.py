@@ -113,3 +113,32 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         write_json(p, {"a": object()})
     assert p.read_text().strip().startswith("{") and '"a": 1' in p.read_text()
     assert [f.name for f in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_cpu_evaluation_in_chunks_gives_the_one_batch_numbers(monkeypatch):
+    """`evaluate` and `feature_maps` forward CPU batches CPU_EVAL_CHUNK samples at a time (a speed
+    choice, benchmarks/eval_chunk.py): each sample's output is its own, so the confusion matrix and
+    the maps equal one forward of the whole batch (eval-mode BatchNorm uses its running statistics)."""
+    from fsa_lt.engine import trainer
+    from fsa_lt.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4).eval()
+    for m in model.modules():  # running statistics away from the defaults
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(70, 3, 32, 32)
+    y = torch.randint(0, 4, (70,))
+    loader = [(x[:50], y[:50]), (x[50:], y[50:])]
+    calls = []
+    with torch.no_grad():
+        whole = model.forward_features(x.contiguous(memory_format=torch.channels_last))
+        pred = model.forward_head(whole).argmax(1)
+    monkeypatch.setattr(trainer, "CPU_EVAL_CHUNK", 16)
+    model.forward_features = (lambda f: (lambda z: (calls.append(z.shape[0]), f(z))[1]))(model.forward_features)
+    maps = torch.cat([m for m, _ in trainer.feature_maps(model, loader, torch.device("cpu"))])
+    assert calls == [16, 16, 16, 2, 16, 4]  # chunks of at most 16 within each loader batch
+    assert torch.allclose(maps, whole, rtol=0, atol=1e-6)
+    cm = trainer.evaluate(model, loader, 4, torch.device("cpu"))
+    assert torch.equal(cm, confusion_matrix(pred, y, 4))
