@@ -31,6 +31,10 @@ def test_the_shipped_model_matches_its_record():
             c["dataset"]["imb_ratio"]) == ("resnet32", "ce", 200, 0, 0, 100.0)
     f = rec["metrics"]["final"]
     assert len(f["per_class"]) == 10 and f["top1"] == pytest.approx(np.mean(f["per_class"]), abs=1e-6)
+    # its test confusion matrix: CIFAR-10's 1,000 test images per class, its diagonal the per-class accuracies
+    cm = np.asarray(rec["confusion_matrix"])
+    assert cm.shape == (10, 10) and (cm.sum(1) == 1000).all()
+    assert (100.0 * np.diag(cm) / 1000.0).tolist() == pytest.approx(f["per_class"], abs=1e-9)
     assert rec["commit"] and rec["command"].startswith("fsa-lt train") and rec["train_seconds"] > 0
     st = torch.load(pt, map_location="cpu", weights_only=True)
     assert st["phase"] == "phase_i" and st["epoch"] == 200 and "optimizer" not in st
@@ -54,6 +58,8 @@ def test_the_shipped_model_reproduces_its_recorded_accuracy_on_real_cifar10():
     assert top1 == pytest.approx(rec["metrics"]["final"]["top1"], abs=0.05)
     per_class = (100.0 * cm.diag().double() / cm.sum(1).double()).tolist()
     assert per_class == pytest.approx(rec["metrics"]["final"]["per_class"], abs=0.15)
+    # and its recorded confusion matrix (what the demo's report shows for Phase I) to a handful of images
+    assert int(np.abs(cm.numpy() - np.asarray(rec["confusion_matrix"])).sum()) <= 10
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +80,11 @@ def test_adopted_phase_i_is_an_input_like_any_other(tiny_shipped, tmp_path):
     cfg = load_config(NAME, "phase_i", ov)
     got = shipped.adopt(cfg, "a", tmp_path, "tiny", folder=out, say=lambda *a: None)
     assert got["run_id"] == rec["run_id"] and got["adopted"]["sha256"] == rec["sha256"]
+    # the training run's test confusion matrix comes with it (the report reads it instead of re-evaluating)
+    cm = torch.load(tmp_path / "log/phase_i" / NAME / "a/confusion_matrix.pt", weights_only=True)
+    assert rec["confusion_matrix"] is not None and cm.tolist() == rec["confusion_matrix"]
+    assert (100.0 * cm.diag().double() / cm.sum(1).double()).tolist() == pytest.approx(
+        rec["metrics"]["final"]["per_class"], abs=1e-9)
     # taking it in again reuses it; Phase II's record names its run id and its checkpoint's hash
     assert shipped.adopt(cfg, "a", tmp_path, "tiny", folder=out, say=lambda *a: None)["run_id"] == rec["run_id"]
     pipeline.run(NAME, "a", tmp_path, "cpu", ov + ["finetune.iterations=20", "finetune.eval_every=10",

@@ -170,6 +170,7 @@ def _extract(cfg: Config, run, train_set, counts, head, tail, ckpt, ckpt_info, s
         "model_name": cfg.model.name, "h_r": e.h_r, "n_f": e.n_f,
         "class_counts": counts.tolist(), "head": head.tolist(), "tail": tail.tolist(),
         "confusing": {int(c): conf[i].tolist() for i, c in enumerate(tail)},
+        "class_names": [str(n) for n in getattr(train_set, "classes", None) or []] or None,  # for figures
         "shards": [],  # filled by rank 0 from the files every rank wrote (dtype, shape, bytes)
     }
     if run.main:

@@ -4,7 +4,7 @@ A shipped model is two files in ``fsa_lt/pretrained/``: ``<name>.pt``, a Phase I
 the final weights only (no optimiser state), and ``<name>.json``, its record: the resolved config,
 seed and subset, the run id, the commit and command that trained it, the machine and precision
 of every training segment, the training time, the final test metrics with the per-class
-accuracies, and the SHA-256 of the ``.pt``.
+accuracies and the test confusion matrix, and the SHA-256 of the ``.pt``.
 
 `adopt` makes a shipped model the Phase I of a note, as if it had been trained there: the file is
 checked against its recorded SHA-256 (a replaced or corrupted file is a `CheckpointError`, exit 4),
@@ -29,7 +29,7 @@ import torch
 
 from ..config import Config, load_config
 from ..engine.checkpoint import load_checkpoint, save_checkpoint
-from ..engine.io import write_json, write_text
+from ..engine.io import torch_save, write_json, write_text
 from ..errors import CheckpointError, ConfigError, FsaError
 from . import records
 
@@ -103,6 +103,8 @@ def adopt(cfg: Config, note: str, workdir, name: str, folder: Path | None = None
     write_json(ldir / "metrics.json", rec["metrics"])
     write_text(ldir / "config.yaml", json.dumps(rec["config"], indent=2) + "\n")
     write_json(ldir / "environment.json", rec["environment"])
+    if rec.get("confusion_matrix") is not None:  # the test confusion matrix as the training run saved it (report)
+        torch_save(ldir / "confusion_matrix.pt", torch.as_tensor(rec["confusion_matrix"], dtype=torch.long))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record = {"format": records.RECORD_FORMAT, "phase": "phase_i", "config_name": cfg.name, "note": note,
               "run_id": rec["run_id"], "config": rec["config"], "inputs": {},
@@ -132,6 +134,8 @@ def export(workdir, config: str, note: str, out: Path, name: str | None = None, 
         raise CheckpointError(f"{ldir}: its outputs no longer match the record ({problem})")
     state = load_checkpoint(records.resolve(workdir, rec["outputs"]["last.pt"]["path"]), expect_phase="phase_i")
     metrics = records.read_json_file(ldir / "metrics.json") or {}
+    cm_path = ldir / "confusion_matrix.pt"
+    cm = torch.load(cm_path, map_location="cpu", weights_only=True).tolist() if cm_path.is_file() else None
     cfg = rec["config"]
     name = name or f"{config}-{cfg['train']['loss']}-s{cfg['seed']}"
     pt, js = shipped_files(name, out)
@@ -154,6 +158,7 @@ def export(workdir, config: str, note: str, out: Path, name: str | None = None, 
         "train_seconds": rec.get("train_seconds"), "segments": segs, "environment": env,
         "summary": rec.get("metrics"),
         "metrics": {"final": metrics.get("final"), "history": metrics.get("history"), "epochs": metrics.get("epochs")},
+        "confusion_matrix": cm,
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(js, shipped)

@@ -1,7 +1,7 @@
 """The Phase II feature store under ``feature/<config>/<note>/``.
 
     index.json        what Phase III needs to know: mode, sizes, dtype, the Phase I
-                      checkpoint used, class counts, head/tail split, confusing classes,
+                      checkpoint used, class counts and names, head/tail split, confusing classes,
                       tau_s/tau_g/h_r/n_f, and the list of shards with each of their files'
                       dtype, shape and byte size (written last: a store without index.json
                       is incomplete)

@@ -89,6 +89,7 @@ def evaluate_confusion(cfg, checkpoint: Path, phase: str, num_classes: int, devi
     """K x K confusion matrix (rows true class) of a checkpoint on the test set (this process only, fp32)."""
     from ..data import build_dataset, make_loader
     from ..engine.metrics import confusion_matrix
+    from ..engine.trainer import forward_in_chunks
     from ..phases.common import load_phase_model
 
     model, _ = load_phase_model(cfg, checkpoint, phase, num_classes, device, expect_phase=phase)
@@ -98,7 +99,7 @@ def evaluate_confusion(cfg, checkpoint: Path, phase: str, num_classes: int, devi
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
-        logits = model(x)  # fp32, as every evaluation (engine.trainer.PRECISION_RULE)
+        logits = forward_in_chunks(model, x)  # fp32, as every evaluation (engine.trainer.PRECISION_RULE)
         cm += confusion_matrix(logits.argmax(1).cpu(), y.cpu(), num_classes)
     return cm.numpy()
 
@@ -297,13 +298,14 @@ def run_figures(workdir, config: str, note: str, device=None, compute_confusion:
     counts = np.asarray(index["class_counts"], dtype=np.int64)
     K = len(counts)
     head, tail = index["head"], index["tail"]
-    names = None
-    try:
-        from ..data import build_dataset
+    names = index.get("class_names")  # Phase II keeps them; an older store: read the data set
+    if not names:
+        try:
+            from ..data import build_dataset
 
-        names = list(build_dataset(cfg, "train", augment=False).classes)
-    except Exception as exc:  # names are a nicety: the class ids will do
-        print_fn(f"[report] class names unavailable ({str(exc).splitlines()[0][:120]}); using class ids")
+            names = list(build_dataset(cfg, "train", augment=False).classes)
+        except Exception as exc:  # names are a nicety: the class ids will do
+            print_fn(f"[report] class names unavailable ({str(exc).splitlines()[0][:120]}); using class ids")
     if not names or len(names) != K:
         names = [str(i) for i in range(K)]
     logs = {k: workdir / "log" / ph / config / n for k, ph, n in
