@@ -5,6 +5,7 @@ is renamed over the target (`os.replace` is atomic on POSIX and Windows).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -96,6 +97,27 @@ def cpus_available() -> int:
         return os.cpu_count() or 1
 
 
+# module name (the key in the record) -> the distribution pip installs it from
+LIBRARIES = {"yaml": "PyYAML", "tensorboard": "tensorboard", "PIL": "pillow", "sklearn": "scikit-learn",
+             "matplotlib": "matplotlib", "torchvision": "torchvision", "timm": "timm"}
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict:
+    """The installed versions of the optional libraries, read from the package metadata: importing
+    them to ask (torchvision, scikit-learn, matplotlib...) cost seconds in every process that records
+    a run. A library that is not installed is left out."""
+    from importlib import metadata
+
+    out = {}
+    for mod, dist_name in LIBRARIES.items():
+        try:
+            out[mod] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def environment() -> dict:
     """Versions and machine a run depends on, saved with every run."""
     import fsa_lt
@@ -114,12 +136,7 @@ def environment() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }
-    for mod in ("yaml", "tensorboard", "PIL", "sklearn", "matplotlib", "torchvision", "timm"):
-        try:
-            m = __import__(mod)
-            env[mod] = getattr(m, "__version__", "?")
-        except Exception:
-            pass
+    env.update(_library_versions())
     try:
         import subprocess
 
