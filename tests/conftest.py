@@ -85,7 +85,7 @@ def folder_digest(folder) -> str:
 
 
 def tiny_overrides(root: str) -> list[str]:
-    """A seconds-long CIFAR-LT experiment on the generated files: ResNet-20, IR 10."""
-    return [f"dataset.root={root}", "dataset.imb_ratio=10", "dataset.download=false", "model.name=resnet20",
+    """A seconds-long CIFAR-LT experiment on the generated files: ResNet-8 (the smallest CIFAR ResNet), IR 10."""
+    return [f"dataset.root={root}", "dataset.imb_ratio=10", "dataset.download=false", "model.name=resnet8",
             "train.batch_size=16", "train.warmup_epochs=0", "train.lr=0.05", "train.eval_every=1",
             "train.save_every=2", "train.eval_batch_size=200", "dataset.num_workers=0"]

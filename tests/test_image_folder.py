@@ -417,7 +417,7 @@ def test_bad_data_stops_training_before_any_checkpoint(tmp_path, capsys):
 def test_three_phases_on_an_image_folder(tree, tmp_path, capsys, fresh_warnings):
     root, _ = tree
     work = tmp_path / "work"
-    tiny = [f"dataset.root={root}", "dataset.image_size=32", "dataset.num_workers=0", "model.name=resnet20",
+    tiny = [f"dataset.root={root}", "dataset.image_size=32", "dataset.num_workers=0", "model.name=resnet8",
             "train.epochs=1", "train.batch_size=64", "train.lr=0.05", "train.warmup_epochs=0", "train.eval_every=1",
             "train.save_every=1", "train.eval_batch_size=64", "extract.batch_size=64", "extract.dtype=float32",
             "finetune.n_t=4", "finetune.iterations=10", "finetune.eval_every=5", "finetune.save_every=10"]

@@ -9,7 +9,7 @@ import torch.nn as nn
 from fsa_lt.errors import CheckpointError, ConfigError
 from fsa_lt.models import create_model, list_models, load_pretrained, register_model
 
-CIFAR_RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+CIFAR_RESNETS = ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 CIFAR_STEM = ["resnet18_cifar", "resnet34_cifar"]
 IMAGENET = ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d"]
 
@@ -127,10 +127,9 @@ def test_option_a_shortcut_has_no_parameters():
 # ---- parameter counts -----------------------------------------------------------------
 
 
-def resnet32_params_by_hand(num_classes):
+def resnet32_params_by_hand(num_classes, n=5):
     conv = lambda cin, cout: cin * cout * 9  # noqa: E731
     bn = lambda c: 2 * c  # noqa: E731
-    n = 5
     total = conv(3, 16) + bn(16)
     cin = 16
     for cout in (16, 32, 64):
@@ -145,6 +144,8 @@ def test_resnet32_parameter_count():
     assert n_params(m) == resnet32_params_by_hand(10) == 464_154
     assert abs(n_params(m) - 0.46e6) / 0.46e6 < 0.01  # He et al. 2016, Table 6
     assert n_params(create_model("resnet32", 100)) == resnet32_params_by_hand(100)
+    # ResNet-8 (n = 1, the tests' model): 432 + 32 stem, 4,672 / 13,952 / 55,552 by stage, 650 head
+    assert n_params(create_model("resnet8", 10)) == resnet32_params_by_hand(10, n=1) == 75_290
 
 
 @pytest.mark.parametrize(

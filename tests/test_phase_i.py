@@ -41,7 +41,7 @@ def test_train_writes_seed_layout(fake_cifar10, tmp_path):
     text = (log / "log.txt").read_text()
     assert "epoch    1/2" in text and "epoch    2/2" in text
     state = load_checkpoint(ck / "best_model.pt", expect_phase="phase_i")
-    assert state["num_classes"] == 10 and state["model_name"] == "resnet20"
+    assert state["num_classes"] == 10 and state["model_name"] == "resnet8"
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -65,14 +65,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(fake_cifar10, tmp_path, mo
     interrupted and resumed run read with 2 worker processes and the uninterrupted one with none
     (each epoch's augmentation is a function of the seed and the epoch, not of the epochs before
     it in the process, and dataset.num_workers is not a setting of the result)."""
-    extra = ["train.epochs=3", "train.deterministic=true", f"train.fast_path={fast}"]
+    extra = ["train.epochs=2", "train.deterministic=true", f"train.fast_path={fast}"]
     phase_i.train(_cfg(fake_cifar10, *extra, f"dataset.num_workers={workers}"), "straight", tmp_path, "cpu")
 
     later = _cfg(fake_cifar10, *extra, f"dataset.num_workers={resumed_workers}")
-    with interrupted_phase_i(monkeypatch, epoch=3):
+    with interrupted_phase_i(monkeypatch, epoch=2):
         phase_i.train(later, "resumed", tmp_path, "cpu")
     ck = tmp_path / "checkpoints" / "phase_i" / NAME
-    assert load_checkpoint(ck / "resumed" / "last.pt")["epoch"] == 2
+    assert load_checkpoint(ck / "resumed" / "last.pt")["epoch"] == 1
     phase_i.train(later, "resumed", tmp_path, "cpu", resume=True)
     a, b = _weights(ck / "straight" / "last.pt"), _weights(ck / "resumed" / "last.pt")
     assert a.keys() == b.keys()
@@ -90,11 +90,11 @@ def test_drw_weights_the_loss_from_train_drw_epoch_on(fake_cifar10, tmp_path, mo
 
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(12, 10, generator=g, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 2, 4, 6, 7, 8, 9, 9])
-    seen, real = [], phase_i.train_epoch
+    seen = []
 
-    def spy(model, loader, optimizer, scheduler, loss_fn, *a, **k):
-        seen.append(float(loss_fn(z.float(), y)))  # the loss as this epoch starts
-        return real(model, loader, optimizer, scheduler, loss_fn, *a, **k)
+    def spy(model, loader, optimizer, scheduler, loss_fn, *a, **k):  # the loss each epoch gets, and no training
+        seen.append(float(loss_fn(z.float(), y)))
+        return {"loss": 0.0, "acc": 0.0}
 
     monkeypatch.setattr(phase_i, "train_epoch", spy)
     phase_i.train(_cfg(fake_cifar10, "train.epochs=3", "train.drw_epoch=2", "train.cb_beta=0.99"), "drw", tmp_path, "cpu")

@@ -86,7 +86,7 @@ def test_stored_maps_are_the_fp32_eval_forward(bf16_run):
     from fsa_lt.data import build_dataset
 
     cfg = load_config(NAME, "phase_ii", _ov(root))
-    model = create_model("resnet20", 10)
+    model = create_model("resnet8", 10)
     model.load_state_dict(load_checkpoint(wd / "checkpoints/phase_i" / NAME / "p/last.pt")["model"])
     model.eval()
     ds = build_dataset(cfg, "train", augment=False)

@@ -471,7 +471,7 @@ def test_stored_maps_are_the_eval_mode_forward_of_the_phase_i_model(finished, fa
 
     cfg = load_config(NAME, "phase_ii", _ov(fake_cifar10, *SHORT))
     st = load_checkpoint(finished / "checkpoints/phase_i" / NAME / "r1/last.pt")
-    model = create_model("resnet20", 10)
+    model = create_model("resnet8", 10)
     model.load_state_dict(st["model"])
     model.eval()  # BatchNorm with its running statistics, not the batch's
     ds = build_dataset(cfg, "train", augment=False)

@@ -22,7 +22,7 @@ PER_CLASS = 2
 
 def _overrides(root):
     return [f"dataset.root={root}", "dataset.imb_ratio=10", "dataset.download=false", "dataset.num_workers=0",
-            "model.name=resnet20", "train.epochs=1", "train.batch_size=64", "train.warmup_epochs=0",
+            "model.name=resnet8", "train.epochs=1", "train.batch_size=64", "train.warmup_epochs=0",
             "train.lr=0.05", "train.eval_batch_size=200", "finetune.iterations=20", "finetune.eval_every=10",
             "finetune.save_every=20"]
 
@@ -177,7 +177,7 @@ def test_report_is_self_contained(tiny_run):
     summary = json.loads((path.parent / "summary.json").read_text())
     for row in summary["rows"]:
         assert row["model"] in text
-    assert "phase_iii" in text and "finetune" in text and "resnet20" in text
+    assert "phase_iii" in text and "finetune" in text and "resnet8" in text
     env = json.loads((tiny_run["work"] / "log" / "phase_i" / NAME / NOTE / "environment.json").read_text())
     assert env["torch"] in text
 

@@ -96,6 +96,13 @@ class CifarResNet(FeatureHeadMixin, nn.Module):
 
 
 @register_model
+def resnet8(num_classes: int = 10, zero_init_residual: bool = False) -> CifarResNet:
+    """The smallest of the family (n = 1: one block a stage, 75k parameters): not a model of the
+    papers, a smoke-test size, about a third of ResNet-20's compute (the test suite trains it)."""
+    return CifarResNet(8, num_classes, zero_init_residual)
+
+
+@register_model
 def resnet20(num_classes: int = 10, zero_init_residual: bool = False) -> CifarResNet:
     return CifarResNet(20, num_classes, zero_init_residual)
 
