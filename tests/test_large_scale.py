@@ -435,10 +435,13 @@ def _bad_data(root: Path, case: str) -> tuple[list[str], str]:
 CASES = ["missing_image", "label_out_of_range", "class_without_image", "num_classes_disagrees"]
 
 
-def test_malformed_inputs_one_line_error_no_checkpoint(data_root, single, tmp_path):
+def test_malformed_inputs_one_line_error_no_checkpoint(data_root, single, tmp_path, capsys):
     """Each defect through `fsa-lt train`; two also through `extract` and `finetune` over the
     finished earlier phases of the same settings, the data having changed on disk since (the
-    same lists under another dataset.root, which is not a setting: where the data lie)."""
+    same lists under another dataset.root, which is not a setting: where the data lie).
+    In this process (`cli.main`, what the `fsa-lt` script calls): its exit code and stderr."""
+    from fsa_lt import cli
+
     bad = {case: _bad_data(data_root, case) for case in CASES}
     swork = single[0]
     jobs = [("train", case, tmp_path / f"train_{case}", bad[case][0]) for case in CASES]
@@ -455,18 +458,15 @@ def test_malformed_inputs_one_line_error_no_checkpoint(data_root, single, tmp_pa
         shutil.copytree(data_root, moved, ignore=shutil.ignore_patterns("bad"))
         shutil.copy(data_root / "bad" / case / "train.txt", moved / "ImageNet_LT_train.txt")
         jobs.append((cmd, case, w, [f"dataset.root={moved}"]))
-    procs = []
-    for cmd, case, w, extra in jobs:  # all at once: most of each is the interpreter and torch starting
+    for cmd, case, w, extra in jobs:
         w.mkdir(parents=True, exist_ok=True)
         before = sorted(w.rglob("*.pt"))
-        argv = [sys.executable, "-m", "fsa_lt.cli", cmd, "--config", NAME, "--note", "ref", "--workdir", str(w),
-                "--device", "cpu", *tiny(data_root), *extra]
-        procs.append((cmd, case, w, before, subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                                                             stderr=subprocess.PIPE, text=True)))
-    for cmd, case, w, before, p in procs:
-        _, err = p.communicate(timeout=300)
+        capsys.readouterr()
+        rc = cli.main([cmd, "--config", NAME, "--note", "ref", "--workdir", str(w), "--device", "cpu",
+                       *tiny(data_root), *extra])
+        err = capsys.readouterr().err
         lines = [x for x in err.splitlines() if x.strip()]
-        assert p.returncode == 3, (cmd, case, p.returncode, err[-2000:])  # DataError's exit code
+        assert rc == 3, (cmd, case, rc, err[-2000:])  # DataError's exit code
         assert len(lines) == 1 and lines[0].startswith("fsa-lt: error: "), (cmd, case, err[-2000:])
         assert bad[case][1] in lines[0], (cmd, case, lines[0])
         assert sorted(w.rglob("*.pt")) == before, (cmd, case)  # no checkpoint, no store

@@ -40,6 +40,7 @@ def test_the_shipped_model_matches_its_record():
     assert st["phase"] == "phase_i" and st["epoch"] == 200 and "optimizer" not in st
 
 
+@pytest.mark.slow  # 10,000 test images through ResNet-32: half a minute on one core (CI's slow step runs it)
 def test_the_shipped_model_reproduces_its_recorded_accuracy_on_real_cifar10():
     root = os.environ.get("FSA_DATA_ROOT")
     if not root or not os.path.isfile(os.path.join(root, "cifar-10-batches-py", "test_batch")):
