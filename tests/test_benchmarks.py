@@ -52,7 +52,7 @@ def test_bench_quick_synthetic(bench, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["header"]["torch"] == torch.__version__ and "synthetic" in res["header"]["data"]
     got = {(r["phase"], r["path"]) for r in res["rows"]}
-    assert got == {(p, k) for p in ("I", "II", "III") for k in ("reference", "fast")}
+    assert got == {(p, k) for p in ("I", "II", "III") for k in ("reference", "fast")} | {("III", "fast, masks per batch")}
     for r in res["rows"]:
         assert r["rate"] > 0 and r["seconds"] > 0 and r["model"] == "resnet20"
         if r["path"] == "reference":
