@@ -533,3 +533,13 @@ def test_effect_phase_iii_raises_tail_accuracy_over_phase_i():
     assert acc_i[2] < 0.5, acc_i  # plain training: the tail class is learnt as 'style 0'
     assert acc_iii[2] > acc_i[2] + 0.3, (acc_i, acc_iii)
     assert np.mean(acc_iii) > np.mean(acc_i), (acc_i, acc_iii)
+
+
+def test_synthesize_refuses_maps_that_do_not_pair():
+    """Donor rows come in blocks of n_a per tail row: a donor count that is not a multiple of the
+    tail count, or no tail row at all, is a one-line ConfigError before any CAM work."""
+    f = lambda n: (torch.rand(n, 4, 2, 2), torch.rand(n, 2, 2))  # noqa: E731
+    for bt, bd in ((0, 3), (2, 3)):
+        (ft, ct), (fd, cd) = f(bt), f(bd)
+        with pytest.raises(ConfigError, match=f"{bd} donor maps do not pair with {bt} tail maps"):
+            synthesize(ft, ct, fd, cd)

@@ -353,8 +353,9 @@ def synthesize(
         :func:`fuse_pooled` if ``return_counts``).
     """
     _check_taus(tau_s, tau_g)
-    if fmap_tail.shape[0] == 0 or fmap_donor.shape[0] % fmap_tail.shape[0] != 0:
-        raise ConfigError(f"synthesize: {fmap_donor.shape[0]} donor maps do not pair with {fmap_tail.shape[0]} tail maps")
+    bt, bd = fmap_tail.shape[0], fmap_donor.shape[0]
+    if bt == 0 or bd % bt != 0:  # before any CAM work (an empty tail batch cannot be normalised)
+        raise ConfigError(f"synthesize: {bd} donor maps do not pair with {bt} tail maps")
     spec = usable_locations(fmap_tail, decompose_masks(normalize_cams(cam_tail), tau_s, tau_g)[0].to(fmap_tail.device))
     gen = usable_locations(fmap_donor, decompose_masks(normalize_cams(cam_donor), tau_s, tau_g)[1].to(fmap_donor.device))
     return _fuse_paired(fmap_tail, spec, fmap_donor, gen, generator, gamma, return_counts)
