@@ -363,10 +363,9 @@ def synthesize(
 
 def _fuse_paired(fmap_tail: Tensor, spec: Tensor, fmap_donor: Tensor, gen: Tensor, generator, gamma,
                  return_counts: bool):
-    """:func:`synthesize` once the usable locations are known: pair the rows, draw gamma, fuse."""
+    """:func:`synthesize` once the usable locations are known (and the rows checked to pair, as
+    :func:`synthesize` and the sampler's donor blocks guarantee): pair the rows, draw gamma, fuse."""
     bt, bd = fmap_tail.shape[0], fmap_donor.shape[0]
-    if bt == 0 or bd % bt != 0:
-        raise ConfigError(f"synthesize: {bd} donor maps do not pair with {bt} tail maps")
     dev = fmap_donor.device
     rep = bd // bt
     ft = fmap_tail.to(dev)
