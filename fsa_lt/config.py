@@ -180,6 +180,11 @@ class FinetuneConfig:
     # False: the paper's "No Aug" control (same balanced batches, real samples only).
     augment: bool = True
     tail_sampling: Literal["instance", "class"] = "instance"
+    # The batch's other half, n_t (1 + n_a) real samples: "head", the paper (uniform over head
+    # samples). Variants, not the paper: "instance", uniform over all training samples (every class
+    # at its training frequency, tail classes too); "sqrt", a class with probability proportional
+    # to sqrt(n_j), then one of its samples. The tail half (real and synthetic) is unchanged.
+    rest_sampling: Literal["head", "instance", "sqrt"] = "head"
     # None: the Phase II store's mode; "online" also works over a cached store (same split
     # and confusing classes, maps recomputed under augmentation).
     mode: Optional[Literal["cached", "online"]] = None

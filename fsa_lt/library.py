@@ -254,20 +254,22 @@ class FSABatches:
 
     Each batch is ``(features, labels)``, ``2 n_t (1 + n_a)`` pooled feature vectors: ``n_t``
     real tail samples, ``n_t n_a`` synthetic ones (labelled with their tail sample's class),
-    ``n_t (1 + n_a)`` real head samples.  ``augment=False`` is the paper's "No Aug" control
+    ``n_t (1 + n_a)`` real head samples (``rest_sampling="instance"`` or ``"sqrt"``: drawn from every
+    class instead, a variant, see `FSASampler`).  ``augment=False`` is the paper's "No Aug" control
     (real tail samples in place of the synthetic ones).
     """
 
     def __init__(self, store: FeatureStore, plan: FSAPlan, n_t: int = 16, n_a: int = 3, tau_s: float = 0.8,
                  tau_g: float = 0.2, augment: bool = True, tail_sampling: str = "instance", seed: int = 0,
-                 device=None):
+                 device=None, rest_sampling: str = "head"):
         if store.fmaps is None or store.cams is None:
             raise ConfigError("FSABatches needs the feature maps: collect(..., keep_maps=True), or use OnlineFSA")
         device = torch.device(device or "cpu")
         self.store, self.tau_s, self.tau_g, self.augment = store, float(tau_s), float(tau_g), bool(augment)
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.sampler = FSASampler(store.labels.to(device), plan.head, plan.tail, plan.confusing, n_t=n_t, n_a=n_a,
-                                  tail_sampling=tail_sampling, generator=self.generator, device=device)
+                                  tail_sampling=tail_sampling, generator=self.generator, device=device,
+                                  rest_sampling=rest_sampling)
         # each sample's usable locations once (the same batches as computing them per draw)
         self.masks = usable_masks(store.fmaps, store.cams, self.tau_s, self.tau_g) if self.augment else None
 
@@ -323,14 +325,15 @@ class OnlineFSA:
     """
 
     def __init__(self, labels, plan: FSAPlan, n_t: int = 16, n_a: int = 3, tau_s: float = 0.8, tau_g: float = 0.2,
-                 augment: bool = True, tail_sampling: str = "instance", seed: int = 0, device=None):
+                 augment: bool = True, tail_sampling: str = "instance", seed: int = 0, device=None,
+                 rest_sampling: str = "head"):
         device = torch.device(device or "cpu")
         self.tau_s, self.tau_g, self.augment = float(tau_s), float(tau_g), bool(augment)
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         labels = labels.detach() if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
         self.sampler = FSASampler(labels.to(device).long(), plan.head, plan.tail,
                                   plan.confusing, n_t=n_t, n_a=n_a, tail_sampling=tail_sampling,
-                                  generator=self.generator, device=device)
+                                  generator=self.generator, device=device, rest_sampling=rest_sampling)
 
     def draw(self) -> OnlineDraw:
         s = self.sampler

@@ -1,6 +1,7 @@
-"""Phase III variants beside the paper's (not the default): the loss on FSA's batches. The batch
-prior against a hand computation and against the sampler's own draws; the loss against its
-formula; a run that records what it used."""
+"""Phase III variants beside the paper's (not the default): the loss on FSA's batches and how the
+batch's other half is drawn. The batch prior against a hand computation and against the sampler's
+own draws; the draws against their frequencies; the loss against its formula; a run that records
+what it used."""
 import json
 
 import numpy as np
@@ -30,8 +31,25 @@ def test_batch_prior_by_hand():
         batch_prior(counts, head, tail, "sqrt")
 
 
-@pytest.mark.parametrize("tail_sampling", ["instance", "class"])
-def test_batch_prior_is_what_the_sampler_draws(tail_sampling):
+def test_batch_prior_with_the_other_half_from_every_class_by_hand():
+    counts = [64, 36, 16, 9, 0]  # square roots 8, 6, 4, 3, 0 (sum 21); 125 images
+    head, tail = [0, 1], [2, 3, 4]
+    tail_half = np.array([0, 0, 16 / 25, 9 / 25, 0]) * 0.5  # instance over the 25 tail images
+    q = batch_prior(counts, head, tail, "instance", "instance")
+    np.testing.assert_allclose(q.numpy(), tail_half + 0.5 * np.array([64, 36, 16, 9, 0]) / 125)
+    q = batch_prior(counts, head, tail, "instance", "sqrt")
+    np.testing.assert_allclose(q.numpy(), tail_half + 0.5 * np.array([8, 6, 4, 3, 0]) / 21)
+    # class-drawn tail: the empty class 4 gets nothing; the two present tail classes 1/4 each
+    q = batch_prior(counts, head, tail, "class", "sqrt")
+    np.testing.assert_allclose(q.numpy(), [8 / 42, 6 / 42, 0.25 + 4 / 42, 0.25 + 3 / 42, 0])
+    assert float(q.sum()) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="rest_sampling"):
+        batch_prior(counts, head, tail, "instance", "balanced")
+
+
+@pytest.mark.parametrize("tail_sampling,rest_sampling", [("instance", "head"), ("class", "head"),
+                                                         ("instance", "instance"), ("class", "sqrt")])
+def test_batch_prior_is_what_the_sampler_draws(tail_sampling, rest_sampling):
     """The labels of many FSA batches (real tail, the tail class of every synthetic sample, head)
     have the class frequencies batch_prior says."""
     counts = np.array([300, 120, 40, 12, 5])
@@ -39,14 +57,54 @@ def test_batch_prior_is_what_the_sampler_draws(tail_sampling):
     head, tail = [0, 1], [2, 3, 4]
     conf = torch.tensor([[0, 1], [0, 1], [0, 1]])
     s = FSASampler(labels, head, tail, conf, n_t=16, n_a=2, tail_sampling=tail_sampling,
-                   generator=torch.Generator().manual_seed(0))
+                   generator=torch.Generator().manual_seed(0), rest_sampling=rest_sampling)
     seen = torch.zeros(5, dtype=torch.float64)
     for _ in range(400):
         d = s.sample()
         batch = torch.cat([d["tail_labels"], d["tail_labels"].repeat_interleave(2), d["head_labels"]])
         seen += torch.bincount(batch, minlength=5).double()
-    np.testing.assert_allclose((seen / seen.sum()).numpy(), batch_prior(counts, head, tail, tail_sampling).numpy(),
-                               atol=0.01)
+    np.testing.assert_allclose((seen / seen.sum()).numpy(),
+                               batch_prior(counts, head, tail, tail_sampling, rest_sampling).numpy(), atol=0.01)
+
+
+def test_rest_sampling_draws_by_hand_frequencies():
+    """The other half alone, 96,000 draws: 'instance' gives each class its share of the images, and
+    each image of a class equally often; 'sqrt' gives class j sqrt(n_j) / sum sqrt(n_k)."""
+    counts = np.array([400, 100, 25, 16, 0, 9])  # square roots 20, 10, 5, 4, 0, 3 (sum 42)
+    labels = torch.tensor(np.repeat(np.arange(6), counts))
+    head, tail, conf = [0, 1], [2, 3, 5], torch.tensor([[0], [0], [1]])
+    for rule, want in (("instance", counts / counts.sum()), ("sqrt", np.sqrt(counts) / 42)):
+        s = FSASampler(labels, head, tail, conf, n_t=8, n_a=1, rest_sampling=rule,
+                       generator=torch.Generator().manual_seed(5))
+        idx = s.draw_rest(96_000)
+        freq = torch.bincount(labels[idx], minlength=6).double().numpy() / idx.numel()
+        np.testing.assert_allclose(freq, want, atol=0.005)
+        within = torch.bincount(idx[labels[idx] == 0], minlength=400).double()  # class 0 is images 0..399
+        assert float(within.min()) > 0.5 * float(within.mean())
+    with pytest.raises(ConfigError, match="rest_sampling"):
+        FSASampler(labels, head, tail, conf, n_a=1, rest_sampling="balanced")
+
+
+def test_rest_sampling_head_is_the_papers_batches_bit_for_bit():
+    """The default keeps the paper's batch: the same draws as before the option existed (head
+    samples only, the generator consumed identically)."""
+    counts = np.array([300, 120, 40, 12, 5])
+    labels = torch.tensor(np.repeat(np.arange(5), counts))
+    head, tail, conf = [0, 1], [2, 3, 4], torch.tensor([[0, 1], [0, 1], [0, 1]])
+    a = FSASampler(labels, head, tail, conf, n_t=4, n_a=2, generator=torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(9)
+    b = FSASampler(labels, head, tail, conf, n_t=4, n_a=2, generator=gen, rest_sampling="head")
+    for _ in range(5):
+        da, db = a.sample(), b.sample()
+        assert all(torch.equal(da[k], db[k]) for k in da)
+        assert set(da["head_labels"].tolist()) <= {0, 1}
+    # and written out by hand: tail (uniform over 57 tail images), donors per class, head (over 420)
+    g = torch.Generator().manual_seed(9)
+    tail_idx = 420 + torch.randint(0, 57, (4,), generator=g)
+    torch.rand((4, 2), generator=g)  # the donors' draw
+    head_idx = torch.randint(0, 420, (12,), generator=g)
+    c = FSASampler(labels, head, tail, conf, n_t=4, n_a=2, generator=torch.Generator().manual_seed(9)).sample()
+    assert torch.equal(c["tail_idx"], tail_idx) and torch.equal(c["head_idx"], head_idx)
 
 
 def test_la_loss_on_the_batch_prior_by_hand():
@@ -80,6 +138,7 @@ def test_ldam_loss_in_phase_iii_by_hand():
     (["finetune.loss=la", "finetune.method=crt"], "applies to FSA and its control"),
     (["finetune.loss=ldam"], "'ldam' needs model.classifier=cosine"),
     (["finetune.loss_tau=-1"], "'finetune.loss_tau' must be >= 0"),
+    (["finetune.rest_sampling=balanced"], "'finetune.rest_sampling': 'balanced' is not one of 'head', 'instance'"),
 ])
 def test_bad_loss_settings(bad, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -101,3 +160,13 @@ def test_a_loss_variant_runs_and_records_its_prior(fake_cifar10, tmp_path):
         assert "posthoc_la" in m  # the validation split is on in the CIFAR configs
     plain = json.loads((tmp_path / "log/phase_iii" / NAME / "v/metrics.json").read_text())
     assert plain["loss"] == {"loss": "ce"}
+    # the other half from every image: the loss's prior follows the batch design, and so do the draws
+    inst = ov + ["phase_iii.finetune.variant=inst", "phase_iii.finetune.loss=la",
+                 "phase_iii.finetune.rest_sampling=instance"]
+    pipeline.run(NAME, "v", tmp_path, "cpu", inst, control=False, print_fn=lambda *a: None)
+    m = json.loads((tmp_path / "log/phase_iii" / NAME / "v-inst/metrics.json").read_text())
+    want = batch_prior(index["class_counts"], index["head"], index["tail"], "instance", "instance")
+    assert m["loss"]["q"] == pytest.approx(want.tolist())
+    assert m["loss"]["q"] != pytest.approx(batch_prior(index["class_counts"], index["head"], index["tail"]).tolist())
+    rec = json.loads((tmp_path / "log/phase_iii" / NAME / "v-inst/record.json").read_text())
+    assert rec["config"]["finetune"]["rest_sampling"] == "instance"

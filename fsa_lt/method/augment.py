@@ -9,7 +9,8 @@ A Phase III batch is
   (with replacement) from the tail map's class-specific locations and
   ``L - round(gamma L)`` drawn from the donor map's class-generic locations,
   ``gamma ~ U(0, 1)``; it is labelled with the tail class,
-* ``n_t * (1 + n_a)`` real head samples,
+* ``n_t * (1 + n_a)`` real head samples (the paper; ``rest_sampling`` draws this half
+  from every class instead, a variant),
 
 so ``2 n_t (1 + n_a)`` samples (128 with the defaults ``n_t=16, n_a=3``).
 
@@ -31,6 +32,8 @@ from torch import Tensor
 
 from fsa_lt.errors import ConfigError
 from fsa_lt.method.cam import _check_taus, decompose_masks, normalize_cams, usable_locations
+
+REST_SAMPLING = ("head", "instance", "sqrt")
 
 __all__ = ["FSASampler", "batch_prior", "fuse_pooled", "synthesize", "usable_masks", "build_batch"]
 
@@ -57,6 +60,12 @@ class FSASampler:
         tail_sampling: ``'instance'`` [choice, default]: uniform over tail samples;
             ``'class'``: a tail class uniformly (among tail classes with at least
             one sample), then a sample of it uniformly.
+        rest_sampling: the batch's other half, ``n_t (1 + n_a)`` real samples:
+            ``'head'`` [choice, default, the paper]: uniform over head samples;
+            ``'instance'`` (a variant): uniform over all training samples, so every
+            class at its training frequency; ``'sqrt'`` (a variant): a class with
+            probability proportional to the square root of its count, then a sample
+            of it uniformly.
         generator: ``torch.Generator`` on ``device`` (a fresh unseeded one if None).
         device: where the index tables live and the draws happen (default: the
             device of ``labels`` if it is a tensor, else CPU).
@@ -78,6 +87,7 @@ class FSASampler:
         tail_sampling: str = "instance",
         generator: torch.Generator | None = None,
         device=None,
+        rest_sampling: str = "head",
     ) -> None:
         if device is None:
             device = labels.device if isinstance(labels, Tensor) else torch.device("cpu")
@@ -90,6 +100,9 @@ class FSASampler:
         if tail_sampling not in ("instance", "class"):
             raise ConfigError(f"tail_sampling must be 'instance' or 'class', got {tail_sampling!r}")
         self.tail_sampling = tail_sampling
+        if rest_sampling not in REST_SAMPLING:
+            raise ConfigError(f"rest_sampling must be one of {', '.join(REST_SAMPLING)}, got {rest_sampling!r}")
+        self.rest_sampling = rest_sampling
 
         labels_t = _as_long(labels, device)
         head = _as_long(head_classes, device)
@@ -152,6 +165,8 @@ class FSASampler:
         self.tail_classes = tail
         self.head_classes = head
         self.tail_classes_nonempty = tail[counts[tail] > 0]
+        self.all_pool_size = labels_t.numel()
+        self.sqrt_weights = counts.double().sqrt()  # 'sqrt': P(class j) proportional to sqrt(n_j)
         row = torch.full((k,), -1, dtype=torch.long, device=device)
         row[tail] = torch.arange(tail.numel(), device=device)
         self.class_to_row = row
@@ -193,19 +208,31 @@ class FSASampler:
         """``n`` real head sample indices, uniform among head samples [choice]."""
         return self.head_pool[self._randint(self.head_pool.numel(), (n,))]
 
+    def draw_rest(self, n: int) -> Tensor:
+        """``n`` indices of the batch's other half under ``rest_sampling``: head samples
+        (:meth:`draw_head`, the paper), any training sample uniformly ('instance'), or a class
+        with probability proportional to sqrt(n_j), then one of its samples ('sqrt')."""
+        if self.rest_sampling == "head":
+            return self.draw_head(n)
+        if self.rest_sampling == "instance":
+            return self._randint(self.all_pool_size, (n,))
+        cls = torch.multinomial(self.sqrt_weights, n, replacement=True, generator=self.generator)
+        return self.draw_from_classes(cls)
+
     def sample(self) -> dict[str, Tensor]:
         """Indices of one batch.
 
         Returns a dict of LongTensors on the sampler's device:
         ``tail_idx`` [n_t], ``tail_labels`` [n_t], ``donor_idx`` [n_t, n_a] (column j
         is a sample of the j-th confusing class of the tail sample's class),
-        ``donor_classes`` [n_t, n_a], ``head_idx`` [n_t (1 + n_a)], ``head_labels``.
+        ``donor_classes`` [n_t, n_a], ``head_idx`` [n_t (1 + n_a)], ``head_labels`` (the batch's
+        other half, drawn by :meth:`draw_rest`: head samples unless ``rest_sampling`` says otherwise).
         """
         tail_idx = self.draw_tail(self.n_t)
         tail_labels = self.labels[tail_idx]
         donor_classes = self.confusing[self.class_to_row[tail_labels]]
         donor_idx = self.draw_from_classes(donor_classes)
-        head_idx = self.draw_head(self.n_t * (1 + self.n_a))
+        head_idx = self.draw_rest(self.n_t * (1 + self.n_a))
         return {
             "tail_idx": tail_idx,
             "tail_labels": tail_labels,
@@ -217,14 +244,17 @@ class FSASampler:
 
 
 # ---------------------------------------------------------------------- fusion
-def batch_prior(class_counts, head_classes, tail_classes, tail_sampling: str = "instance") -> Tensor:
+def batch_prior(class_counts, head_classes, tail_classes, tail_sampling: str = "instance",
+                rest_sampling: str = "head") -> Tensor:
     """The class prior q that FSA's batches impose: the expected fraction of a batch's labels in each class.
 
-    Half of a batch is head samples drawn uniformly over the head classes' images, so a head class
-    j gets q_j = n_j / (2 N_head); the other half is the real tail samples and the synthetic (or,
-    for the No-Aug control, extra real) samples made from them, all labelled with the drawn tail
-    sample's class, so a tail class gets q_j = n_j / (2 N_tail) under instance sampling and
-    1 / (2 |T|) under class sampling. A class in neither list gets 0. Float64, sums to 1.
+    Half of a batch is the real tail samples and the synthetic (or, for the No-Aug control, extra
+    real) samples made from them, all labelled with the drawn tail sample's class, so that half
+    gives a tail class n_j / (2 N_tail) under instance sampling and 1 / (2 |T|) under class
+    sampling. The other half (``rest_sampling``) gives, under 'head' (the paper: uniform over the
+    head classes' images), a head class n_j / (2 N_head); under 'instance', every class
+    n_j / (2 N); under 'sqrt', every class sqrt(n_j) / (2 sum_k sqrt(n_k)). The two halves add.
+    A class neither half draws gets 0. Float64, sums to 1.
     """
     n = torch.as_tensor(np.asarray(class_counts, dtype=np.float64))
     head = torch.as_tensor(np.asarray(head_classes, dtype=np.int64)).reshape(-1)
@@ -232,7 +262,6 @@ def batch_prior(class_counts, head_classes, tail_classes, tail_sampling: str = "
     if head.numel() == 0 or tail.numel() == 0:
         raise ConfigError("batch_prior: needs head and tail classes")
     q = torch.zeros_like(n)
-    q[head] = 0.5 * n[head] / n[head].sum()
     if tail_sampling == "class":
         present = tail[n[tail] > 0]
         q[present] = 0.5 / present.numel()
@@ -240,6 +269,14 @@ def batch_prior(class_counts, head_classes, tail_classes, tail_sampling: str = "
         q[tail] = 0.5 * n[tail] / n[tail].sum()
     else:
         raise ConfigError(f"tail_sampling must be 'instance' or 'class', got {tail_sampling!r}")
+    if rest_sampling == "head":
+        q[head] += 0.5 * n[head] / n[head].sum()
+    elif rest_sampling == "instance":
+        q += 0.5 * n / n.sum()
+    elif rest_sampling == "sqrt":
+        q += 0.5 * n.sqrt() / n.sqrt().sum()
+    else:
+        raise ConfigError(f"rest_sampling must be one of {', '.join(REST_SAMPLING)}, got {rest_sampling!r}")
     return q
 
 

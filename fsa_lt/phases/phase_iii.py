@@ -296,7 +296,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     confusing = torch.tensor([index["confusing"][str(int(c))] for c in tail], dtype=torch.long)
     labels = torch.as_tensor(np.asarray(train_set.targets), dtype=torch.long, device=dev)
     sampler = FSASampler(labels, head, tail, confusing, n_t=f.n_t // world, n_a=f.n_a,
-                         tail_sampling=f.tail_sampling, generator=gen, device=dev)
+                         tail_sampling=f.tail_sampling, generator=gen, device=dev, rest_sampling=f.rest_sampling)
 
     t0 = time.perf_counter()
     splits = _EvalSplits(cfg, prep, backbone, dev)
@@ -317,9 +317,10 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
                    if f.method == "fsa" else None)
     batch = 2 * sampler.n_t * (1 + f.n_a)
     if f.method == "fsa":
+        rest = "head" if f.rest_sampling == "head" else f"drawn {f.rest_sampling} from every class"
         what = (f"augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; batch {batch} per rank x {world} "
                 f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
-                f"{sampler.n_t * (1 + f.n_a)} head); tau_s {tau_s} tau_g {tau_g}")
+                f"{sampler.n_t * (1 + f.n_a)} {rest}); tau_s {tau_s} tau_g {tau_g}")
     else:
         what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "

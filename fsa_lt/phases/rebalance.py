@@ -152,7 +152,7 @@ def fsa_loss(cfg, counts, head, tail, device) -> tuple[nn.Module, dict]:
     if f.loss == "ldam":
         return (LDAMLoss(counts, cfg.train.ldam_max_margin, cfg.model.cosine_scale).to(device),
                 {"loss": "ldam", "max_margin": cfg.train.ldam_max_margin, "scale": cfg.model.cosine_scale})
-    q = (batch_prior(counts, head, tail, f.tail_sampling) if f.loss_prior == "batch"
+    q = (batch_prior(counts, head, tail, f.tail_sampling, f.rest_sampling) if f.loss_prior == "batch"
          else torch.as_tensor(counts, dtype=torch.float64) / float(sum(counts)))
     q = q.clamp_min(torch.finfo(torch.float64).tiny)  # a class the batches never draw: a huge offset, not -inf
     return (LogitAdjustedLoss(q.numpy() / q.min().item(), f.loss_tau).to(device),
