@@ -195,6 +195,11 @@ class FinetuneConfig:
     # the batch composition, handles the prior; "ldam", LDAM's margins from the training counts
     # (train.ldam_max_margin, a cosine head), the loss of an LDAM-DRW Phase I.
     loss: Literal["ce", "la", "ldam"] = "ce"
+    # Which classifier the run ends with: "final", the paper (the last iteration's). "validation" (a
+    # variant): of the classifiers before training, every eval_every iterations and at the end, the
+    # one with the best class-balanced accuracy on the validation split (an early stop chosen on
+    # images no model trained on; needs dataset.validation; FSA and its control).
+    select: Literal["final", "validation"] = "final"
     loss_tau: float = 1.0
     loss_prior: Literal["batch", "train"] = "batch"
     # Outputs of a variant (e.g. a threshold sweep) go to <note>-<variant>, beside the
@@ -441,6 +446,10 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(f.loss != "ldam" or cfg.model.classifier == "cosine", "finetune.loss",
          f"'ldam' needs model.classifier=cosine (LDAM's margins are in cosine units), got {cfg.model.classifier!r}")
     need(0 <= f.loss_tau < float("inf"), "finetune.loss_tau", f"must be >= 0, got {f.loss_tau}")
+    need(f.select == "final" or f.method == "fsa", "finetune.select",
+         f"'validation' applies to FSA and its control (finetune.method=fsa), not {f.method}")
+    need(f.select == "final" or d.validation, "finetune.select",
+         "'validation' needs a validation split: set dataset.validation=true")
     need(f.tau_from == "default" or f.method == "la_posthoc", "finetune.tau_from",
          f"'validation' applies to finetune.method la_posthoc (tau_norm always chooses on validation), not {f.method}")
     need(f.tau_from == "default" or f.tau is None, "finetune.tau_from",

@@ -170,3 +170,62 @@ def test_a_loss_variant_runs_and_records_its_prior(fake_cifar10, tmp_path):
     assert m["loss"]["q"] != pytest.approx(batch_prior(index["class_counts"], index["head"], index["tail"]).tolist())
     rec = json.loads((tmp_path / "log/phase_iii" / NAME / "v-inst/record.json").read_text())
     assert rec["config"]["finetune"]["rest_sampling"] == "instance"
+
+
+def test_validation_select_keeps_the_best_classifier_by_hand():
+    """Three classifiers offered in turn; balanced accuracy on a 2-class validation split by hand:
+    the one with the best (ties: the earlier) is restored."""
+    head = torch.nn.Linear(2, 2, bias=False)
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.2], [0.0, 1.0]])  # class 0 three times, class 1 once
+    labels = torch.tensor([0, 0, 0, 1])
+    sel = rebalance.ValidationSelect(head, feats, labels)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))   # everything class 0: (1 + 0) / 2
+        assert sel.offer(0) == pytest.approx(50.0)
+        head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))   # ties go to class 0: class 0 one of 3 right, class 1 right: (1/3 + 1) / 2
+        assert sel.offer(10) == pytest.approx(200 / 3)
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 5.0]]))   # 0.1 * 5 < 1, 0.2 * 5 = 1 ties to class 0: all right
+        assert sel.offer(20) == pytest.approx(100.0)
+        good = head.weight.clone()
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.5]]))   # class 1's point scores 0.5 > 0: all right, a tie
+        assert sel.offer(30) == pytest.approx(100.0)
+    out = sel.restore()
+    assert torch.equal(head.weight, good)
+    assert out["iteration"] == 20 and out["validation_accuracy"] == pytest.approx(100.0)
+    assert [it for it, _ in out["curve"]] == [0, 10, 20, 30]
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (["finetune.select=validation", "dataset.validation=false"], "'validation' needs a validation split"),
+    (["finetune.select=validation", "finetune.method=crt"], "applies to FSA and its control"),
+])
+def test_bad_select_settings(bad, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(NAME, "phase_iii", bad)
+
+
+def test_a_run_with_the_iteration_chosen_on_validation(fake_cifar10, tmp_path):
+    """The run ends with the classifier of the chosen iteration: its test metrics are the history's at that
+    iteration, and the saved final model holds the classifier saved at that iteration during training."""
+    ov = tiny_overrides(fake_cifar10) + ["train.epochs=1", "finetune.iterations=30", "finetune.eval_every=10",
+                                         "finetune.save_every=10", "dataset.val_per_class=10",
+                                         "phase_iii.finetune.select=validation", "phase_iii.finetune.variant=sel",
+                                         "phase_iii.finetune.lr=0.5"]
+    pipeline.run(NAME, "s", tmp_path, "cpu", ov, control=False, print_fn=lambda *a: None)
+    m = json.loads((tmp_path / "log/phase_iii" / NAME / "s-sel/metrics.json").read_text())
+    sel = m["selection"]
+    assert [it for it, _ in sel["curve"]] == [0, 10, 20, 30]
+    best = max(a for _, a in sel["curve"])
+    first = next(it for it, a in sel["curve"] if a == best)
+    assert sel["iteration"] == first and sel["validation_accuracy"] == best
+    assert m["final"]["iteration"] == first
+    at = next(h for h in m["history"] if h["iteration"] == first)
+    assert at["top1"] == pytest.approx(m["final"]["top1"])
+    assert sum(h["iteration"] == first for h in m["history"]) == 1
+    ck = tmp_path / "checkpoints/phase_iii" / NAME / "s-sel"
+    last = torch.load(ck / "last.pt", map_location="cpu", weights_only=False)
+    assert last["iteration"] == first
+    fc = [k for k in last["model"] if k.endswith("weight")][-1]  # the classifier's weight
+    for it in (10, 20, 30):
+        then = torch.load(ck / f"model_iter_{it:06d}.pt", map_location="cpu", weights_only=False)["model"][fc]
+        assert torch.equal(last["model"][fc], then) == (it == first), it

@@ -369,11 +369,22 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     ckpt_dir = run.dirs["ckpt"]
     best = None
     start = {n: p.detach().clone() for n, p in head_module.named_parameters() if p.requires_grad} if plan else None
+    select = rebalance.ValidationSelect(head_module, val[0], val[1]) if f.select == "validation" else None
+    if select is not None:
+        select.offer(0)
     if plan is not None:
         best = _train_head(run, cfg, head_module, next_batch, plan, test_feats, test_labels, counts, history,
-                           backbone, index, lambda: diagnose_head(head_module, test_feats, is_head, start))
+                           backbone, index, lambda: diagnose_head(head_module, test_feats, is_head, start),
+                           on_eval=select.offer if select is not None else None)
     iterations = plan.iterations if plan is not None else 0
     dt = time.perf_counter() - t1
+    chosen = iterations
+    if select is not None:
+        select.offer(iterations)
+        extra_payload["selection"] = select.restore()
+        chosen = extra_payload["selection"]["iteration"]
+        run.log.info(f"iteration {chosen} of {iterations} chosen on the validation split (class-balanced accuracy "
+                     f"{extra_payload['selection']['validation_accuracy']:.2f}): the run's final classifier")
     if recipe and b.bn == "train":  # the backbone's running statistics moved: its features, anew
         if world > 1:  # each rank moved them on its own batches: one model, the mean of the ranks'
             for name, buf in backbone.named_buffers():
@@ -384,16 +395,17 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
         val = splits.val
     cm = evaluate_head(head_module, test_feats, test_labels, K)
     final = summarize(cm, counts, e.h_r)
-    final["iteration"] = iterations
+    final["iteration"] = chosen
     if plan is None:  # nothing trained: the adjusted classifier is the only point
         history = []
     diag = diagnose_head(head_module, test_feats, is_head, start)
-    history.append(_history_entry(final, diag))
+    if chosen == iterations:  # an earlier chosen classifier is in the history already
+        history.append(_history_entry(final, diag))
     log_metrics(run, "test", final, iterations)
     run.log.info(_diag_line(diag0, diag))
     save_confusion_matrix(run, cm)
     if run.main:
-        st = _full_state(backbone, head_module, cfg, counts, iterations, final, index)
+        st = _full_state(backbone, head_module, cfg, counts, chosen, final, index)
         save_checkpoint(ckpt_dir / "last.pt", st)
         if best is None or final["top1"] > best["top1"]:
             best = final
@@ -483,11 +495,11 @@ def _diag_line(first: dict, last: dict) -> str:
 
 
 def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, test_labels, counts, history, backbone,
-                index, diagnose=None):
+                index, diagnose=None, on_eval=None):
     """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()` as `plan` says
     (FSA, its control, cRT and LWS); the test features evaluated every ``plan.eval_every`` iterations
     before the last (the caller evaluates the final head), each evaluation with `diagnose()`'s view
-    of the prior into `history`. Returns the best of those evaluations (test-set selected, reported
+    of the prior into `history`, and `on_eval(iteration)` called there (the validation selection). Returns the best of those evaluations (test-set selected, reported
     as such) or None."""
     f, e = cfg.finetune, cfg.extract
     dev, world, K = run.device, dist.world_size(), len(counts)
@@ -520,6 +532,8 @@ def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, tes
             m["iteration"] = it
             history.append(_history_entry(m, diagnose() if diagnose else {}))
             log_metrics(run, "test", m, it)
+            if on_eval is not None:
+                on_eval(it)
             if best is None or m["top1"] > best["top1"]:
                 best = m
                 if run.main:

@@ -338,6 +338,8 @@ def _metrics(workdir: Path, config: str, note: str) -> dict:
 
 def _choice(met: dict) -> str:
     t = met.get("tau")
+    if met.get("selection"):  # finetune.select: validation
+        return f"iteration {met['selection']['iteration']}: validation"
     if not t:
         return "none (fixed recipe)"
     if t.get("tau") is None:
@@ -369,6 +371,8 @@ def compare_rows(workdir: Path, config: str, m: Member) -> dict:
         runs[key] = [(n, summary.on_split(met["final"], split)) for n, met in zip(notes, mets)]
         secs = [seconds("phase_iii", n) for n in notes]
         choices = sorted(set(_choice(met) for met in mets))
+        if all(met.get("selection") for met in mets):  # one per run, in seed order, as the taus below
+            choices = ["iteration " + ", ".join(str(met["selection"]["iteration"]) for met in mets) + ": validation"]
         rows.append(summary.row(label, runs[key], key=key, input=arm_input.get(key, "-"), choice="; ".join(choices),
                                 seconds=sum(secs) / len(secs) if all(x is not None for x in secs) else None))
         if all(met.get("posthoc_la") for met in mets):

@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..baselines import (ClassAwareSampler, ClassBalancedSampler, LearnableWeightScaling, choose_tau, crt_classifier,
-                         recipe_lr, recipe_steps_per_epoch, tau_normalized_classifier)
+from ..baselines import (ClassAwareSampler, ClassBalancedSampler, LearnableWeightScaling, balanced_accuracy, choose_tau,
+                         crt_classifier, recipe_lr, recipe_steps_per_epoch, tau_normalized_classifier)
 from ..models.heads import CosineClassifier
 
 TAU_GRIDS = {"tau_norm": [i / 20 for i in range(21)],      # [0, 1] in steps of 0.05
@@ -73,6 +73,37 @@ def choose_on_validation(make: Callable[[float], nn.Module], grid, val_feats: to
     choice = choose_tau(lambda t: make(t)(val_feats.float()), grid, val_labels)
     return {"tau": choice.tau, "chosen_on": "validation", "validation_accuracy": choice.accuracy,
             "validation_per_class": [int(c) for c in val_counts], "curve": [[t, a] for t, a in choice.curve]}
+
+
+class ValidationSelect:
+    """``finetune.select: validation``: of the classifiers a Phase III run passes through (before
+    training, every ``eval_every`` iterations, the last), the one with the best class-balanced accuracy
+    on the validation split, ties to the earlier iteration; `offer` scores the head as it is now,
+    `restore` loads the chosen one back into it and says what was chosen. An early stop chosen on
+    images no model trained on, never on the test set."""
+
+    def __init__(self, head: nn.Module, val_feats: torch.Tensor, val_labels: torch.Tensor):
+        self.head, self.feats, self.labels = head, val_feats, val_labels
+        self.curve: list[list[float]] = []
+        self.best: tuple[int, float] | None = None
+        self.state: dict | None = None
+
+    @torch.no_grad()
+    def offer(self, iteration: int) -> float:
+        pred = torch.cat([self.head(f.float()).argmax(1) for f in self.feats.split(8192)])
+        acc = balanced_accuracy(pred, self.labels)
+        self.curve.append([int(iteration), acc])
+        if self.best is None or acc > self.best[1]:
+            self.best = (int(iteration), acc)
+            self.state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        return acc
+
+    def restore(self) -> dict:
+        if self.state is None:
+            raise RuntimeError("ValidationSelect.restore before any offer")
+        self.head.load_state_dict(self.state)
+        return {"on": "validation", "iteration": self.best[0], "validation_accuracy": self.best[1],
+                "curve": self.curve}
 
 
 def fixed_head(f, fc: nn.Module, counts, val, log=print) -> tuple[nn.Module, dict]:
