@@ -315,3 +315,40 @@ def test_a_variant_comparison_is_its_own_table(compared):
     md = (out / "compare-v.md").read_text()
     assert "(Phase III variant v)" in md and json.loads((out / "compare-v.json").read_text())["variant"] == "v"
     assert [r["runs"] for r in got["rows"] if r["key"] == "tau_norm"] == [["c-v-tau-norm-fs0"]]
+
+
+def test_diagnostics_table_by_hand():
+    """Two runs of one arm: start and end averaged, the end being the chosen iteration when one was
+    chosen; accuracy at the iterations both runs evaluated; an arm that trained nothing is left out."""
+    from fsa_lt.phases import summary
+
+    def h(it, top1, head, tail, ph, norm, gap, shift):
+        return {"iteration": it, "top1": top1, "head": head, "tail": tail, "pred_head": ph, "logit_norm": norm,
+                "head_tail_gap": gap, "shift": shift}
+
+    a = {"final": {"iteration": 20}, "history": [h(0, 70, 90, 50, 80, 10, 2, None), h(10, 72, 88, 56, 70, 9, 1, 0.1),
+                                                h(20, 74, 86, 62, 60, 8, 0, 0.2)]}
+    b = {"final": {"iteration": 10}, "history": [h(0, 70, 90, 50, 80, 10, 2, None), h(10, 76, 84, 68, 50, 7, -1, 0.4),
+                                                h(15, 1, 1, 1, 1, 1, 1, 1), h(20, 78, 82, 74, 40, 6, -2, 0.6)]}
+    text = summary.diagnostics_table([("FSA", [a, b]), ("tau-norm", [{"final": {"iteration": 0}, "history": []}])])
+    lines = text.splitlines()
+    assert len(lines) == 3 and "tau-norm" not in text
+    # ends: a at 20 (60, 8, 0, 0.2), b at 10 (50, 7, -1, 0.4); shared iterations 0, 10, 20
+    assert lines[2] == ("| FSA | 2 | 80.0 -> 55.0 | 10.00 -> 7.50 | 2.00 -> -0.50 | 0.300 | 0, 10, 20 | "
+                        "70.0, 74.0, 76.0 | 90.0, 86.0, 84.0 | 50.0, 62.0, 68.0 |")
+    assert summary.diagnostics_table([("x", [{"history": []}])]) == ""
+
+
+def test_compare_shows_what_phase_iii_did_to_each_classifier(compared):
+    wd, payload, _ = compared
+    md = (wd / "log/run" / NAME / "c/compare.md").read_text()
+    assert "What Phase III did to each classifier" in md
+    fsa = [_metrics(wd, n) for n in _notes("fsa")]
+    start = np.mean([m["history"][0]["pred_head"] for m in fsa])
+    end = np.mean([m["history"][-1]["pred_head"] for m in fsa])
+    line = next(x for x in md.splitlines() if x.startswith("| Phase III, FSA | 2 | "))
+    assert f"| {start:.1f} -> {end:.1f} |" in line
+    table, diag = md.split("What Phase III did")
+    untrained = ("| post-hoc logit adjustment", "| tau-normalisation")
+    assert all(any(x.startswith(u) for x in table.splitlines()) for u in untrained)  # in the table, not here
+    assert not any(x.startswith(untrained) for x in diag.splitlines())

@@ -191,7 +191,7 @@ def test_validation_select_keeps_the_best_classifier_by_hand():
         assert sel.offer(30) == pytest.approx(100.0)
     out = sel.restore()
     assert torch.equal(head.weight, good)
-    assert out["iteration"] == 20 and out["validation_accuracy"] == pytest.approx(100.0)
+    assert out["iteration"] == 20 == sel.chosen and out["validation_accuracy"] == pytest.approx(100.0)
     assert [it for it, _ in out["curve"]] == [0, 10, 20, 30]
 
 
@@ -221,7 +221,7 @@ def test_a_run_with_the_iteration_chosen_on_validation(fake_cifar10, tmp_path):
     assert m["final"]["iteration"] == first
     at = next(h for h in m["history"] if h["iteration"] == first)
     assert at["top1"] == pytest.approx(m["final"]["top1"])
-    assert sum(h["iteration"] == first for h in m["history"]) == 1
+    assert [h["iteration"] for h in m["history"]] == [0, 10, 20, 30]  # the last one too, chosen or not
     ck = tmp_path / "checkpoints/phase_iii" / NAME / "s-sel"
     last = torch.load(ck / "last.pt", map_location="cpu", weights_only=False)
     assert last["iteration"] == first

@@ -381,6 +381,10 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     chosen = iterations
     if select is not None:
         select.offer(iterations)
+        if select.chosen != iterations:  # the last classifier's test view stays in the history
+            m_last = summarize(evaluate_head(head_module, test_feats, test_labels, K), counts, e.h_r)
+            m_last["iteration"] = iterations
+            history.append(_history_entry(m_last, diagnose_head(head_module, test_feats, is_head, start)))
         extra_payload["selection"] = select.restore()
         chosen = extra_payload["selection"]["iteration"]
         run.log.info(f"iteration {chosen} of {iterations} chosen on the validation split (class-balanced accuracy "
@@ -399,7 +403,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     if plan is None:  # nothing trained: the adjusted classifier is the only point
         history = []
     diag = diagnose_head(head_module, test_feats, is_head, start)
-    if chosen == iterations:  # an earlier chosen classifier is in the history already
+    if chosen == iterations:  # an earlier chosen classifier is in the history already, and so is the last
         history.append(_history_entry(final, diag))
     log_metrics(run, "test", final, iterations)
     run.log.info(_diag_line(diag0, diag))

@@ -309,7 +309,11 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
                "paired run by run (same Phase I model, same Phase III seed), and seconds per run as recorded.\n")
     recipes = _unique_recipes(workdir, config, members)
     ev = _evidence(workdir, config, members)
-    text = (title + "\n" + summary.compare_table(rows, diffs) + "\n\nHow each row trains:\n"
+    diagnostics = "".join(
+        f"\n\nWhat Phase III did to each classifier{' (Phase I seed ' + str(p['seed']) + ')' if p['seed'] is not None else ''}"
+        f" (test split, mean over the Phase III runs; head and tail on the store's split):\n\n{p['diagnostics']}"
+        for p in per if p["diagnostics"])
+    text = (title + "\n" + summary.compare_table(rows, diffs) + diagnostics + "\n\nHow each row trains:\n"
             + "".join(f"- {k}: {v}\n" for k, v in recipes.items())
             + "\n" + "\n\n".join(ev["machine_text"]) + "\n")
     payload = {"config": config, "note": note, "methods": methods, "phase_iii_seeds": p3_seeds,
@@ -363,12 +367,13 @@ def compare_rows(workdir: Path, config: str, m: Member) -> dict:
     p1 = [(m.note, summary.final_metrics(workdir, "phase_i", config, m.note, split))]
     rows = [summary.row("Phase I (plain training)", p1, key="phase_i", input="-", choice="-",
                         seconds=seconds("phase_i", m.note))]
-    runs, la_runs = {}, {}
+    runs, la_runs, diag = {}, {}, []
     arm_input = {v[0]: v[3] for v in ARMS.values()}
     for key, label, cfgs in m.arms:
         notes = [output_note(c, m.note) for c in cfgs]
         mets = [_metrics(workdir, config, n) for n in notes]
         runs[key] = [(n, summary.on_split(met["final"], split)) for n, met in zip(notes, mets)]
+        diag.append((label, mets))
         secs = [seconds("phase_iii", n) for n in notes]
         choices = sorted(set(_choice(met) for met in mets))
         if all(met.get("selection") for met in mets):  # one per run, in seed order, as the taus below
@@ -390,7 +395,8 @@ def compare_rows(workdir: Path, config: str, m: Member) -> dict:
             continue
         diffs[k] = summary.paired_difference(f"{r['model']} minus FSA{' + LA' if k.endswith('+la') else ''}",
                                              mine, theirs, key=k)
-    return {"seed": m.seed, "note": m.note, "rows": rows, "diffs": diffs, "split": split}
+    return {"seed": m.seed, "note": m.note, "rows": rows, "diffs": diffs, "split": split,
+            "diagnostics": summary.diagnostics_table(diag)}
 
 
 def _unique_recipes(workdir: Path, config: str, members: list[Member]) -> dict:

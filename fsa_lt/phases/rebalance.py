@@ -98,6 +98,11 @@ class ValidationSelect:
             self.state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
         return acc
 
+    @property
+    def chosen(self) -> int | None:
+        """The iteration chosen so far (None before any offer)."""
+        return None if self.best is None else self.best[0]
+
     def restore(self) -> dict:
         if self.state is None:
             raise RuntimeError("ValidationSelect.restore before any offer")

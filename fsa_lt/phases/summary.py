@@ -135,6 +135,51 @@ def compare_table(rows: list[dict], diffs: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals and len(vals) == len(values) else None
+
+
+def diagnostics_table(arms: list[tuple[str, list[dict]]]) -> str:
+    """What Phase III did to each trained classifier, on the test split, as the runs' histories record it
+    (`phase_iii.diagnose_head`), averaged over the runs of an arm: the share of predictions in head
+    classes, the mean logit norm and the mean head-minus-tail logit, each from the Phase I classifier
+    (iteration 0) to the run's final one (the chosen iteration when one was chosen on validation), how
+    far the trained parameters moved (relative to their norm), and top-1 / head / tail accuracy at the
+    iterations every run evaluated. `arms`: [(label, [metrics.json of each run])]; arms without a
+    history of two or more points are left out. Empty string when none is left."""
+    lines = []
+    for label, mets in arms:
+        hists = [m.get("history") or [] for m in mets]
+        if not hists or any(len(h) < 2 for h in hists):
+            continue
+        ends = []
+        for m, h in zip(mets, hists):
+            it = (m.get("final") or {}).get("iteration")
+            ends.append(next((e for e in h if e.get("iteration") == it), h[-1]))
+        starts = [h[0] for h in hists]
+
+        def span(key, digits):
+            a, b = _mean([x.get(key) for x in starts]), _mean([x.get(key) for x in ends])
+            return f"{cell(a, digits=digits)} -> {cell(b, digits=digits)}"
+
+        shared = sorted(set.intersection(*[{e["iteration"] for e in h} for h in hists]))
+        by_it = {it: [next(e for e in h if e["iteration"] == it) for h in hists] for it in shared}
+
+        def curve(key):
+            return ", ".join(cell(_mean([e.get(key) for e in by_it[it]]), digits=1) for it in shared)
+
+        lines.append(f"| {label} | {len(mets)} | {span('pred_head', 1)} | {span('logit_norm', 2)} | "
+                     f"{span('head_tail_gap', 2)} | {cell(_mean([x.get('shift') for x in ends]), digits=3)} | "
+                     f"{', '.join(map(str, shared))} | {curve('top1')} | {curve('head')} | {curve('tail')} |")
+    if not lines:
+        return ""
+    head = ("| method | n | test predictions in head classes, % (start -> end) | mean logit norm | "
+            "head minus tail logit | classifier moved (of its norm) | iterations | top1 | head | tail |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(lines)
+
+
 def _unique(values) -> list:
     out = []
     for v in values:
