@@ -180,6 +180,9 @@ class FinetuneConfig:
     # False: the paper's "No Aug" control (same balanced batches, real samples only).
     augment: bool = True
     tail_sampling: Literal["instance", "class"] = "instance"
+    # gamma, the share of a synthetic sample's locations drawn from the tail map, ~ U(lo, hi): [0, 1]
+    # is the paper's; a narrower range is a variant (e.g. [0.5, 1]: at least half tail-specific).
+    gamma_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     # The batch's other half, n_t (1 + n_a) real samples: "head", the paper (uniform over head
     # samples). Variants, not the paper: "instance", uniform over all training samples (every class
     # at its training frequency, tail classes too); "sqrt", a class with probability proportional
@@ -446,6 +449,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(f.loss != "ldam" or cfg.model.classifier == "cosine", "finetune.loss",
          f"'ldam' needs model.classifier=cosine (LDAM's margins are in cosine units), got {cfg.model.classifier!r}")
     need(0 <= f.loss_tau < float("inf"), "finetune.loss_tau", f"must be >= 0, got {f.loss_tau}")
+    need(len(f.gamma_range) == 2 and 0.0 <= f.gamma_range[0] <= f.gamma_range[1] <= 1.0, "finetune.gamma_range",
+         f"must be [lo, hi] with 0 <= lo <= hi <= 1, got {f.gamma_range}")
     need(f.select == "final" or f.method == "fsa", "finetune.select",
          f"'validation' applies to FSA and its control (finetune.method=fsa), not {f.method}")
     need(f.select == "final" or d.validation, "finetune.select",

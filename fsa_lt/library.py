@@ -37,6 +37,7 @@ from fsa_lt.method import (
     FSASampler,
     build_batch,
     cam_weights,
+    check_gamma_range,
     class_activation_maps,
     confusing_classes,
     head_tail_split,
@@ -261,11 +262,12 @@ class FSABatches:
 
     def __init__(self, store: FeatureStore, plan: FSAPlan, n_t: int = 16, n_a: int = 3, tau_s: float = 0.8,
                  tau_g: float = 0.2, augment: bool = True, tail_sampling: str = "instance", seed: int = 0,
-                 device=None, rest_sampling: str = "head"):
+                 device=None, rest_sampling: str = "head", gamma_range: tuple[float, float] = (0.0, 1.0)):
         if store.fmaps is None or store.cams is None:
             raise ConfigError("FSABatches needs the feature maps: collect(..., keep_maps=True), or use OnlineFSA")
         device = torch.device(device or "cpu")
         self.store, self.tau_s, self.tau_g, self.augment = store, float(tau_s), float(tau_g), bool(augment)
+        self.gamma_range = check_gamma_range(gamma_range)
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.sampler = FSASampler(store.labels.to(device), plan.head, plan.tail, plan.confusing, n_t=n_t, n_a=n_a,
                                   tail_sampling=tail_sampling, generator=self.generator, device=device,
@@ -280,7 +282,8 @@ class FSABatches:
     def next_batch(self) -> tuple[Tensor, Tensor]:
         s = self.store
         return build_batch(self.sampler, s.pooled, s.fmaps, s.cams, self.tau_s, self.tau_g,
-                           augment=self.augment, generator=self.generator, masks=self.masks)
+                           augment=self.augment, generator=self.generator, masks=self.masks,
+                           gamma_range=self.gamma_range)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         while True:
@@ -289,7 +292,8 @@ class FSABatches:
 
 def synthesize_from_maps(fmap_tail: Tensor, labels_tail: Tensor, fmap_donor: Tensor, labels_donor: Tensor,
                          weight: Tensor, tau_s: float = 0.8, tau_g: float = 0.2,
-                         generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+                         generator: Optional[torch.Generator] = None,
+                         gamma_range: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, Tensor]:
     """Synthetic tail samples from maps you computed: the CAMs come from the classifier
     ``weight`` (``K x C``, no bias) for each map's own label.  Donor rows ``i n_a .. i n_a +
     n_a - 1`` pair with tail row ``i``.  Returns ``(pooled features, labels)`` with one row
@@ -298,7 +302,8 @@ def synthesize_from_maps(fmap_tail: Tensor, labels_tail: Tensor, fmap_donor: Ten
     fmap_tail, fmap_donor = fmap_tail.float(), fmap_donor.float()
     cam_t = normalize_cams(class_activation_maps(fmap_tail, w.to(fmap_tail.device), labels_tail))
     cam_d = normalize_cams(class_activation_maps(fmap_donor, w.to(fmap_donor.device), labels_donor))
-    feats, _ = synthesize(fmap_tail, cam_t, fmap_donor, cam_d, tau_s, tau_g, generator=generator)
+    feats, _ = synthesize(fmap_tail, cam_t, fmap_donor, cam_d, tau_s, tau_g, generator=generator,
+                          gamma_range=gamma_range)
     rep = fmap_donor.shape[0] // fmap_tail.shape[0]
     labels = torch.as_tensor(labels_tail, device=feats.device).long().reshape(-1).repeat_interleave(rep)
     return feats, labels
@@ -326,9 +331,10 @@ class OnlineFSA:
 
     def __init__(self, labels, plan: FSAPlan, n_t: int = 16, n_a: int = 3, tau_s: float = 0.8, tau_g: float = 0.2,
                  augment: bool = True, tail_sampling: str = "instance", seed: int = 0, device=None,
-                 rest_sampling: str = "head"):
+                 rest_sampling: str = "head", gamma_range: tuple[float, float] = (0.0, 1.0)):
         device = torch.device(device or "cpu")
         self.tau_s, self.tau_g, self.augment = float(tau_s), float(tau_g), bool(augment)
+        self.gamma_range = check_gamma_range(gamma_range)
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         labels = labels.detach() if isinstance(labels, Tensor) else torch.as_tensor(np.asarray(labels))
         self.sampler = FSASampler(labels.to(device).long(), plan.head, plan.tail,
@@ -354,7 +360,8 @@ class OnlineFSA:
         pooled = fm.mean(dim=(2, 3))
         if self.augment:
             mid, mid_labels = synthesize_from_maps(fm[:nt], labels[:nt], fm[nt:nt + nm], labels[nt:nt + nm], weight,
-                                                   self.tau_s, self.tau_g, generator=self.generator)
+                                                   self.tau_s, self.tau_g, generator=self.generator,
+                                                   gamma_range=self.gamma_range)
         else:
             mid, mid_labels = pooled[nt:nt + nm], labels[nt:nt + nm]
         return (torch.cat([pooled[:nt], mid.to(pooled.device), pooled[nt + nm:]]),

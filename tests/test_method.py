@@ -295,6 +295,33 @@ def test_synthesize_pairs_tail_rows_with_donor_blocks():
         synthesize(ft, cam_t, fd[:3], cam_d[:3])
 
 
+def test_synthesize_gamma_range_by_hand():
+    """gamma ~ U(lo, hi) is lo + (hi - lo) u for the plain draw u; (0, 1) is the plain draw itself; with
+    gamma fixed at 1 every location comes from the tail's one specific location, so the pooled
+    feature is that location's vector."""
+    h, w = 2, 3
+    loc = h * w
+    ft = location_coded(2, h, w, 0, 2 * loc) + 0.01
+    fd = location_coded(4, h, w, loc, 2 * loc) + 0.01
+    cam_t = torch.zeros(2, h, w)
+    cam_t[0, 0, 0] = 1.0
+    cam_t[1, 1, 2] = 1.0
+    cam_d = torch.ones(4, h, w)
+    cam_d[:, 0, 1] = 0.0
+    plain = synthesize(ft, cam_t, fd, cam_d, generator=torch.Generator().manual_seed(3))
+    same = synthesize(ft, cam_t, fd, cam_d, generator=torch.Generator().manual_seed(3), gamma_range=(0.0, 1.0))
+    assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])
+    _, g = synthesize(ft, cam_t, fd, cam_d, generator=torch.Generator().manual_seed(3), gamma_range=(0.25, 0.75))
+    torch.testing.assert_close(g, 0.25 + 0.5 * plain[1])
+    pooled, g1 = synthesize(ft, cam_t, fd, cam_d, generator=torch.Generator().manual_seed(3), gamma_range=(1.0, 1.0))
+    assert (g1 == 1.0).all()
+    torch.testing.assert_close(pooled[:2], ft[0, :, 0, 0].expand(2, -1))   # tail 0's location 0, twice
+    torch.testing.assert_close(pooled[2:], ft[1, :, 1, 2].expand(2, -1))   # tail 1's location 5
+    for bad in ((0.6, 0.4), (-0.1, 0.5), (0.5, 1.5), (0.5,)):
+        with pytest.raises(ConfigError, match="gamma_range"):
+            synthesize(ft, cam_t, fd, cam_d, gamma_range=bad)
+
+
 # --------------------------------------------------------------- sampler
 def make_store(seed=7):
     rs = np.random.RandomState(seed)
@@ -422,13 +449,15 @@ def test_usable_masks_are_the_per_sample_rule_and_leave_batches_bit_identical():
     assert not spec[0].any() and torch.equal(gen[0], torch.as_tensor((f[0] != 0).any(axis=0)))
     # the batches drawn with the precomputed masks are those computed per draw, bit for bit
     pooled = fmaps.float().mean(dim=(2, 3))
-    out = []
-    for masks in (None, (spec, gen)):
-        gen_ = torch.Generator().manual_seed(5)
-        s = FSASampler(labels, head, tail, conf, n_t=8, n_a=3, generator=gen_)
-        out.append([build_batch(s, pooled, fmaps, raw, 0.8, 0.2, masks=masks) for _ in range(20)])
-    for (fa, ya), (fb, yb) in zip(*out):
-        assert torch.equal(fa, fb) and torch.equal(ya, yb)
+    for gamma_range in ((0.0, 1.0), (0.5, 0.9)):  # the paper's gamma, and a narrower range
+        out = []
+        for masks in (None, (spec, gen)):
+            gen_ = torch.Generator().manual_seed(5)
+            s = FSASampler(labels, head, tail, conf, n_t=8, n_a=3, generator=gen_)
+            out.append([build_batch(s, pooled, fmaps, raw, 0.8, 0.2, masks=masks, gamma_range=gamma_range)
+                        for _ in range(20)])
+        for (fa, ya), (fb, yb) in zip(*out):
+            assert torch.equal(fa, fb) and torch.equal(ya, yb)
     with pytest.raises(ConfigError, match="tau"):
         usable_masks(fmaps, raw, 0.2, 0.8)
 

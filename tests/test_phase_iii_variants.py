@@ -138,6 +138,7 @@ def test_ldam_loss_in_phase_iii_by_hand():
     (["finetune.loss=la", "finetune.method=crt"], "applies to FSA and its control"),
     (["finetune.loss=ldam"], "'ldam' needs model.classifier=cosine"),
     (["finetune.loss_tau=-1"], "'finetune.loss_tau' must be >= 0"),
+    (["finetune.gamma_range=[0.8,0.2]"], "'finetune.gamma_range' must be \\[lo, hi\\] with 0 <= lo <= hi <= 1"),
     (["finetune.rest_sampling=balanced"], "'finetune.rest_sampling': 'balanced' is not one of 'head', 'instance'"),
 ])
 def test_bad_loss_settings(bad, msg):

@@ -35,7 +35,7 @@ from fsa_lt.method.cam import _check_taus, decompose_masks, normalize_cams, usab
 
 REST_SAMPLING = ("head", "instance", "sqrt")
 
-__all__ = ["FSASampler", "batch_prior", "fuse_pooled", "synthesize", "usable_masks", "build_batch"]
+__all__ = ["FSASampler", "batch_prior", "check_gamma_range", "fuse_pooled", "synthesize", "usable_masks", "build_batch"]
 
 
 def _as_long(x, device) -> Tensor:
@@ -366,6 +366,7 @@ def synthesize(
     generator: torch.Generator | None = None,
     gamma=None,
     return_counts: bool = False,
+    gamma_range: tuple[float, float] = (0.0, 1.0),
 ):
     """Synthetic tail samples (pooled) from tail maps and donor maps.
 
@@ -380,6 +381,9 @@ def synthesize(
             generic ``< tau_g`` on the donor CAM).
         generator: for gamma and the draws.
         gamma: ``B`` mixing ratios; ``U(0, 1)`` [choice] if None.
+        gamma_range: ``(lo, hi)`` with ``0 <= lo <= hi <= 1``: gamma drawn ``U(lo, hi)``
+            (``lo + (hi - lo) u``, u the same uniform draw) when ``gamma`` is None; the
+            default ``(0, 1)`` is the paper's (a variant otherwise).
 
     CAMs are expected normalised (:func:`~fsa_lt.method.cam.normalize_cams`); they
     are min-max normalised again here, which leaves normalised maps unchanged
@@ -390,16 +394,28 @@ def synthesize(
         :func:`fuse_pooled` if ``return_counts``).
     """
     _check_taus(tau_s, tau_g)
+    check_gamma_range(gamma_range)
     bt, bd = fmap_tail.shape[0], fmap_donor.shape[0]
     if bt == 0 or bd % bt != 0:  # before any CAM work (an empty tail batch cannot be normalised)
         raise ConfigError(f"synthesize: {bd} donor maps do not pair with {bt} tail maps")
     spec = usable_locations(fmap_tail, decompose_masks(normalize_cams(cam_tail), tau_s, tau_g)[0].to(fmap_tail.device))
     gen = usable_locations(fmap_donor, decompose_masks(normalize_cams(cam_donor), tau_s, tau_g)[1].to(fmap_donor.device))
-    return _fuse_paired(fmap_tail, spec, fmap_donor, gen, generator, gamma, return_counts)
+    return _fuse_paired(fmap_tail, spec, fmap_donor, gen, generator, gamma, return_counts, gamma_range)
+
+
+def check_gamma_range(gamma_range) -> tuple[float, float]:
+    """``(lo, hi)`` as floats, or a ConfigError unless ``0 <= lo <= hi <= 1``."""
+    try:
+        lo, hi = (float(v) for v in gamma_range)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gamma_range must be two numbers (lo, hi), got {gamma_range!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ConfigError(f"gamma_range must satisfy 0 <= lo <= hi <= 1, got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
 def _fuse_paired(fmap_tail: Tensor, spec: Tensor, fmap_donor: Tensor, gen: Tensor, generator, gamma,
-                 return_counts: bool):
+                 return_counts: bool, gamma_range=(0.0, 1.0)):
     """:func:`synthesize` once the usable locations are known (and the rows checked to pair, as
     :func:`synthesize` and the sampler's donor blocks guarantee): pair the rows, draw gamma, fuse."""
     bt, bd = fmap_tail.shape[0], fmap_donor.shape[0]
@@ -411,6 +427,9 @@ def _fuse_paired(fmap_tail: Tensor, spec: Tensor, fmap_donor: Tensor, gen: Tenso
         spec = spec.to(dev).repeat_interleave(rep, dim=0)
     if gamma is None:
         gamma = torch.rand(bd, generator=generator, device=dev)
+        lo, hi = float(gamma_range[0]), float(gamma_range[1])
+        if (lo, hi) != (0.0, 1.0):  # the default stays the plain draw, bit for bit
+            gamma = lo + (hi - lo) * gamma
     else:
         gamma = torch.as_tensor(gamma, dtype=torch.float32, device=dev).expand(bd)
     out = fuse_pooled(ft, spec, fmap_donor, gen, gamma, generator=generator, return_counts=return_counts)
@@ -463,6 +482,7 @@ def build_batch(
     augment: bool = True,
     generator: torch.Generator | None = None,
     masks: tuple[Tensor, Tensor] | None = None,
+    gamma_range: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor]:
     """One Phase III batch from a feature store (the "cached" mode).
 
@@ -478,6 +498,7 @@ def build_batch(
         generator: for gamma and the location draws (default: the sampler's).
         masks: the store's :func:`usable_masks` (None: computed from the drawn CAMs per
             batch); the same batch either way, without the per-batch CAM work.
+        gamma_range: gamma ~ U(lo, hi) (see :func:`synthesize`; default the paper's U(0, 1)).
 
     Returns:
         ``(features, labels)``: ``2 n_t (1 + n_a) x C`` float32 and LongTensor, on the
@@ -504,11 +525,12 @@ def build_batch(
         donor = d["donor_idx"].reshape(-1)
         if masks is None:
             synth, _ = synthesize(gather(fmaps, d["tail_idx"]), gather(cams, d["tail_idx"]), gather(fmaps, donor),
-                                  gather(cams, donor), tau_s, tau_g, generator=generator)
+                                  gather(cams, donor), tau_s, tau_g, generator=generator, gamma_range=gamma_range)
         else:
             spec, gen = masks
             synth, _ = _fuse_paired(gather(fmaps, d["tail_idx"]), spec[d["tail_idx"].to(spec.device)].to(dev),
-                                    gather(fmaps, donor), gen[donor.to(gen.device)].to(dev), generator, None, False)
+                                    gather(fmaps, donor), gen[donor.to(gen.device)].to(dev), generator, None, False,
+                                    check_gamma_range(gamma_range))
         mid_labels = d["tail_labels"].repeat_interleave(sampler.n_a)
     else:
         extra = sampler.draw_tail(sampler.n_t * sampler.n_a)

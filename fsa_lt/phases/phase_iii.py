@@ -143,7 +143,7 @@ class OnlineBatches:
             cams = normalize_cams(class_activation_maps(fm[: nt + nm], self.weight, lab))
             e = self.cfg.extract
             mid, _ = synthesize(fm[:nt], cams[:nt], fm[nt: nt + nm], cams[nt: nt + nm], e.tau_s, e.tau_g,
-                                generator=self.gen)
+                                generator=self.gen, gamma_range=tuple(self.cfg.finetune.gamma_range))
             mid_labels = d["tail_labels"].repeat_interleave(s.n_a)
         else:
             mid, mid_labels = pooled[nt: nt + nm], s.labels[d["mid_idx"]]
@@ -320,7 +320,8 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
         rest = "head" if f.rest_sampling == "head" else f"drawn {f.rest_sampling} from every class"
         what = (f"augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; batch {batch} per rank x {world} "
                 f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
-                f"{sampler.n_t * (1 + f.n_a)} {rest}); tau_s {tau_s} tau_g {tau_g}")
+                f"{sampler.n_t * (1 + f.n_a)} {rest}); tau_s {tau_s} tau_g {tau_g}"
+                + ("" if list(f.gamma_range) == [0.0, 1.0] else f"; gamma ~ U({f.gamma_range[0]:g}, {f.gamma_range[1]:g})"))
     else:
         what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
@@ -338,7 +339,7 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
         def next_batch():
             if mode == "cached":
                 return build_batch(sampler, pooled_real, fmaps, cams, tau_s, tau_g, augment=f.augment, generator=gen,
-                                   masks=masks)
+                                   masks=masks, gamma_range=tuple(f.gamma_range))
             return batches.next()
 
         head_module, plan = fc, rebalance.fsa_plan(f)
