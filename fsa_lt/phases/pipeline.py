@@ -310,7 +310,7 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
     recipes = _unique_recipes(workdir, config, members)
     ev = _evidence(workdir, config, members)
     diagnostics = "".join(
-        f"\n\nWhat Phase III did to each classifier{' (Phase I seed ' + str(p['seed']) + ')' if p['seed'] is not None else ''}"
+        f"\n\nWhat Phase III did to each classifier{', Phase I seed ' + str(p['seed']) if p['seed'] is not None else ''}"
         f" (test split, mean over the Phase III runs; head and tail on the store's split):\n\n{p['diagnostics']}"
         for p in per if p["diagnostics"])
     text = (title + "\n" + summary.compare_table(rows, diffs) + diagnostics + "\n\nHow each row trains:\n"
