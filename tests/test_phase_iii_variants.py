@@ -183,9 +183,11 @@ def test_validation_select_keeps_the_best_classifier_by_hand():
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))   # everything class 0: (1 + 0) / 2
         assert sel.offer(0) == pytest.approx(50.0)
-        head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))   # ties go to class 0: class 0 one of 3 right, class 1 right: (1/3 + 1) / 2
+        # ties go to class 0: class 0 one of 3 right, class 1 right: (1/3 + 1) / 2
+        head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
         assert sel.offer(10) == pytest.approx(200 / 3)
-        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 5.0]]))   # 0.1 * 5 < 1, 0.2 * 5 = 1 ties to class 0: all right
+        # 0.1 * 5 < 1, and 0.2 * 5 = 1 ties to class 0: all right
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 5.0]]))
         assert sel.offer(20) == pytest.approx(100.0)
         good = head.weight.clone()
         head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.5]]))   # class 1's point scores 0.5 > 0: all right, a tie

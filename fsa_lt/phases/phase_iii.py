@@ -318,10 +318,11 @@ def _finetune(cfg: Config, run, note: str, prep: dict, upstream: dict) -> dict:
     batch = 2 * sampler.n_t * (1 + f.n_a)
     if f.method == "fsa":
         rest = "head" if f.rest_sampling == "head" else f"drawn {f.rest_sampling} from every class"
+        lo, hi = f.gamma_range
+        gamma = "" if (lo, hi) == (0.0, 1.0) else f"; gamma ~ U({lo:g}, {hi:g})"
         what = (f"augmentation {'on' if f.augment else 'OFF (No-Aug control)'}; batch {batch} per rank x {world} "
                 f"({sampler.n_t} tail, {sampler.n_t * f.n_a} {'synthetic' if f.augment else 'extra real'} tail, "
-                f"{sampler.n_t * (1 + f.n_a)} {rest}); tau_s {tau_s} tau_g {tau_g}"
-                + ("" if list(f.gamma_range) == [0.0, 1.0] else f"; gamma ~ U({f.gamma_range[0]:g}, {f.gamma_range[1]:g})"))
+                f"{sampler.n_t * (1 + f.n_a)} {rest}); tau_s {tau_s} tau_g {tau_g}{gamma}")
     else:
         what = f"method {f.method} (a baseline on the frozen backbone, not FSA)"
     run.log.info(f"mode {mode}; {what}; head {len(head)} / tail {len(tail)} classes; seed {seed}; "
@@ -504,8 +505,8 @@ def _train_head(run, cfg: Config, head_module, next_batch, plan, test_feats, tes
     """The one Phase III loop: SGD with cross-entropy on `head_module` over `next_batch()` as `plan` says
     (FSA, its control, cRT and LWS); the test features evaluated every ``plan.eval_every`` iterations
     before the last (the caller evaluates the final head), each evaluation with `diagnose()`'s view
-    of the prior into `history`, and `on_eval(iteration)` called there (the validation selection). Returns the best of those evaluations (test-set selected, reported
-    as such) or None."""
+    of the prior into `history`, and `on_eval(iteration)` called there (the validation selection).
+    Returns the best of those evaluations (test-set selected, reported as such) or None."""
     f, e = cfg.finetune, cfg.extract
     dev, world, K = run.device, dist.world_size(), len(counts)
     ckpt_dir = run.dirs["ckpt"]

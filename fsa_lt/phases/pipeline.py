@@ -310,8 +310,8 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
     recipes = _unique_recipes(workdir, config, members)
     ev = _evidence(workdir, config, members)
     diagnostics = "".join(
-        f"\n\nWhat Phase III did to each classifier{', Phase I seed ' + str(p['seed']) if p['seed'] is not None else ''}"
-        f" (test split, mean over the Phase III runs; head and tail on the store's split):\n\n{p['diagnostics']}"
+        "\n\nWhat Phase III did to each classifier" + (f", Phase I seed {p['seed']}" if p["seed"] is not None else "")
+        + f" (test split, mean over the Phase III runs; head and tail on the store's split):\n\n{p['diagnostics']}"
         for p in per if p["diagnostics"])
     text = (title + "\n" + summary.compare_table(rows, diffs) + diagnostics + "\n\nHow each row trains:\n"
             + "".join(f"- {k}: {v}\n" for k, v in recipes.items())
