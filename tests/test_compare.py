@@ -85,7 +85,7 @@ def test_one_row_per_method_from_the_runs_it_names(compared):
 
 
 def test_tau_is_chosen_on_the_validation_split_and_recorded(compared, fake_cifar10):
-    wd, _, root = compared
+    wd, payload, root = compared
     from fsa_lt.data import build_dataset
 
     val = build_dataset(load_config(NAME, "phase_iii", _ov(root)), "val")
@@ -101,6 +101,11 @@ def test_tau_is_chosen_on_the_validation_split_and_recorded(compared, fake_cifar
     assert _metrics(wd, "c-la-posthoc-fs0")["tau"] == {"tau": 1.0, "chosen_on": "default (Menon et al.: tau = 1)"}
     la = _metrics(wd, "c-fs0")["posthoc_la"]
     assert la["curve"][0][0] == 0.0 and la["chosen_on"] == "validation" and la["validation_per_class"] == want
+    # the "+ post-hoc LA" row states its taus and the mean validation accuracy they reached
+    row = next(r for r in payload["rows"] if r["key"] == "fsa+la")
+    las = [_metrics(wd, n)["posthoc_la"] for n in _notes("fsa")]
+    assert row["choice"] == (f"tau {las[0]['tau']:g}, {las[1]['tau']:g}: validation (class-balanced accuracy there "
+                             f"{(las[0]['validation_accuracy'] + las[1]['validation_accuracy']) / 2:.2f})")
 
 
 def test_saved_classifiers_follow_their_formulas(compared):

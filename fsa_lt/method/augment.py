@@ -165,7 +165,6 @@ class FSASampler:
         self.tail_classes = tail
         self.head_classes = head
         self.tail_classes_nonempty = tail[counts[tail] > 0]
-        self.all_pool_size = labels_t.numel()
         self.sqrt_weights = counts.double().sqrt()  # 'sqrt': P(class j) proportional to sqrt(n_j)
         row = torch.full((k,), -1, dtype=torch.long, device=device)
         row[tail] = torch.arange(tail.numel(), device=device)
@@ -215,7 +214,7 @@ class FSASampler:
         if self.rest_sampling == "head":
             return self.draw_head(n)
         if self.rest_sampling == "instance":
-            return self._randint(self.all_pool_size, (n,))
+            return self._randint(self.labels.numel(), (n,))
         cls = torch.multinomial(self.sqrt_weights, n, replacement=True, generator=self.generator)
         return self.draw_from_classes(cls)
 

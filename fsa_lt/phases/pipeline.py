@@ -342,8 +342,6 @@ def _metrics(workdir: Path, config: str, note: str) -> dict:
 
 def _choice(met: dict) -> str:
     t = met.get("tau")
-    if met.get("selection"):  # finetune.select: validation
-        return f"iteration {met['selection']['iteration']}: validation"
     if not t:
         return "none (fixed recipe)"
     if t.get("tau") is None:
@@ -383,8 +381,11 @@ def compare_rows(workdir: Path, config: str, m: Member) -> dict:
         if all(met.get("posthoc_la") for met in mets):
             la_runs[key] = [(n, summary.on_split(met["posthoc_la"]["final"], split)) for n, met in zip(notes, mets)]
             taus = ", ".join(f"{met['posthoc_la']['tau']:g}" for met in mets)
+            val_acc = sum(met["posthoc_la"]["validation_accuracy"] for met in mets) / len(mets)
             rows.append(summary.row(f"{label} + post-hoc LA", la_runs[key], key=f"{key}+la",
-                                    input=arm_input.get(key, "-"), choice=f"tau {taus}: validation", seconds=None))
+                                    input=arm_input.get(key, "-"),
+                                    choice=f"tau {taus}: validation (class-balanced accuracy there {val_acc:.2f})",
+                                    seconds=None))
     diffs = {}
     for r in rows[1:]:
         k = r["key"]

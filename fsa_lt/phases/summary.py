@@ -135,11 +135,6 @@ def compare_table(rows: list[dict], diffs: dict) -> str:
     return "\n".join(lines)
 
 
-def _mean(values) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return sum(vals) / len(vals) if vals and len(vals) == len(values) else None
-
-
 def diagnostics_table(arms: list[tuple[str, list[dict]]]) -> str:
     """What Phase III did to each trained classifier, on the test split, as the runs' histories record it
     (`phase_iii.diagnose_head`), averaged over the runs of an arm: the share of predictions in head
@@ -158,6 +153,9 @@ def diagnostics_table(arms: list[tuple[str, list[dict]]]) -> str:
             it = (m.get("final") or {}).get("iteration")
             ends.append(next((e for e in h if e.get("iteration") == it), h[-1]))
         starts = [h[0] for h in hists]
+
+        def _mean(values):  # None unless every run has the value (as in a table row)
+            return _stats(values)[0]
 
         def span(key, digits):
             a, b = _mean([x.get(key) for x in starts]), _mean([x.get(key) for x in ends])
