@@ -357,3 +357,32 @@ def test_compare_shows_what_phase_iii_did_to_each_classifier(compared):
     untrained = ("| post-hoc logit adjustment", "| tau-normalisation")
     assert all(any(x.startswith(u) for x in table.splitlines()) for u in untrained)  # in the table, not here
     assert not any(x.startswith(untrained) for x in diag.splitlines())
+
+
+def test_a_row_pooled_over_phase_i_models_shows_each_models_choice():
+    """Pooled over Phase I seeds, a row whose taus differ names each model's own; one shared choice
+    (a fixed recipe) stays one text."""
+    from fsa_lt.phases import summary
+
+    got = summary.pooled_choice(["tau 1, 1: validation", "tau 1.8, 2: validation"], [0, 1])
+    assert got == "Phase I seed 0: tau 1, 1: validation; Phase I seed 1: tau 1.8, 2: validation"
+    assert summary.pooled_choice(["none (fixed recipe)"] * 2, [0, 1]) == "none (fixed recipe)"
+
+
+def test_compare_over_two_phase_i_models_pools_them_and_keeps_each_models_taus(fake_cifar10, tmp_path):
+    ov = _ov(fake_cifar10)
+    pipeline.run(NAME, "p", tmp_path, "cpu", ov, seeds=[0, 1], print_fn=lambda *a: None, report=cli.run_report)
+    payload = pipeline.compare(NAME, "p", tmp_path, "cpu", ov, methods="fsa,la-posthoc-val", seeds=[0, 1],
+                               print_fn=lambda *a: None, report=None)
+    per = [{r["key"]: r for r in m["rows"]} for m in payload["members"]]
+    assert [m["seed"] for m in payload["members"]] == [0, 1]
+    for r in payload["rows"]:
+        tops = [p[r["key"]]["top1"] for p in per]
+        assert r["n"] == 2 and r["top1"] == pytest.approx(np.mean(tops))
+        assert r["top1_std"] == pytest.approx(np.std(tops, ddof=1))
+        choices = [p[r["key"]]["choice"] for p in per]
+        for s, c in zip((0, 1), choices):  # every model's own choice is on the pooled row
+            assert c in r["choice"]
+            if len(set(choices)) > 1:
+                assert f"Phase I seed {s}: {c}" in r["choice"]
+    assert "tau" in {r["key"]: r for r in payload["rows"]}["la_posthoc_val"]["choice"]

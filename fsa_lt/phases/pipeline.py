@@ -287,6 +287,10 @@ def compare(config: str, note: str, workdir=".", device=None, overrides=None, me
     else:
         rows = [summary.pool(r["model"], [p["rows"][i] for p in per], **{k: r[k] for k in summary.ROW_INFO if k in r})
                 for i, r in enumerate(per[0]["rows"])]
+        for i, r in enumerate(rows):
+            if "choice" in r:
+                r["choice"] = summary.pooled_choice([p["rows"][i].get("choice", "-") for p in per],
+                                                    [m.seed for m in members])
         diffs = {k: summary.pool(d["model"], [p["diffs"][k] for p in per], key=k) for k, d in per[0]["diffs"].items()}
     c = members[0].cfgs["phase_iii"]
     p1 = members[0].cfgs["phase_i"]

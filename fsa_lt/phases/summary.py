@@ -94,6 +94,15 @@ def pool(model: str, rows: list[dict], **extra) -> dict:
     return out
 
 
+def pooled_choice(choices: list[str], seeds: list) -> str:
+    """The choice cell of a row pooled over Phase I models: the one text when every model made the
+    same choice, else each model's own, labelled by its Phase I seed (a pooled row must not show only
+    the first model's taus as if they were everyone's)."""
+    if len(set(choices)) <= 1:
+        return choices[0] if choices else "-"
+    return "; ".join(f"Phase I seed {s}: {c}" for s, c in zip(seeds, choices))
+
+
 def cell(mean, std=None, digits: int = 2, signed: bool = False) -> str:
     if mean is None:
         return "-"
@@ -264,5 +273,5 @@ def summary_table(pairs: list[tuple[str, dict]]) -> str:
     return table([row(name, [(name, m)]) for name, m in pairs])
 
 
-__all__ = ["COLUMNS", "ROW_INFO", "final_metrics", "on_split", "row", "paired_difference", "pool", "table", "compare_table",
+__all__ = ["COLUMNS", "ROW_INFO", "final_metrics", "on_split", "row", "paired_difference", "pool", "pooled_choice", "table", "compare_table",
            "summary_table", "cell", "evidence", "duration"]
