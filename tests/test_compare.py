@@ -386,3 +386,5 @@ def test_compare_over_two_phase_i_models_pools_them_and_keeps_each_models_taus(f
             if len(set(choices)) > 1:
                 assert f"Phase I seed {s}: {c}" in r["choice"]
     assert "tau" in {r["key"]: r for r in payload["rows"]}["la_posthoc_val"]["choice"]
+    # the two models' validation figures differ on this data, so the labelled form is exercised
+    assert any(len({p[r["key"]]["choice"] for p in per}) > 1 for r in payload["rows"])
